@@ -274,6 +274,7 @@ def build_dataset(
             ),
             overwrite=overwrite,
             extra_files={"generation.json": provenance},
+            verbose=verbose,
         )
     finally:
         pool.terminate()

@@ -34,6 +34,7 @@ def write_rlds(
     description: str = "",
     overwrite: bool = False,
     extra_files: Mapping[str, str | Callable[[], str]] | None = None,
+    verbose: bool = True,
 ) -> str:
     """Writes splits of (key, example) pairs, in the order given, to the folder `out`.
 
@@ -41,8 +42,11 @@ def write_rlds(
     examples are written) placed in the dataset folder before the swap, e.g.
     provenance JSON. Returns the absolute dataset path.
     """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
+    if not verbose:
+        tfds.disable_progress_bar()
     if file_format not in FILE_FORMATS:
         raise ValueError(f"file_format must be one of {FILE_FORMATS}, got {file_format!r}")
     if not split_examples:

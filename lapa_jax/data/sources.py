@@ -163,7 +163,7 @@ class EpisodeSource:
         def feature(key: str, role: str) -> Any:
             try:
                 return _get_path(steps, key)
-            except KeyError:
+            except (KeyError, TypeError):
                 raise DataError(
                     f"{where}: {role} key {key!r} is not in the steps; available keys: {available}"
                 ) from None

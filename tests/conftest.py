@@ -1,0 +1,55 @@
+"""Shared fixtures. Eight simulated CPU devices, so sharding tests see a real mesh."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest
+
+from tests import rlds_fixtures
+
+TINY_TASKS = ("reach-v3", "button-press-topdown-v3")
+TINY_EPISODES = 2
+TINY_MAX_FRAMES = 20
+
+
+@pytest.fixture(scope="session")
+def metaworld_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny Meta-World dataset (2 tasks x 2 episodes + 1 val), built once per session."""
+    out = str(tmp_path_factory.mktemp("metaworld") / "ds")
+    rlds_fixtures.run_module_or_code(
+        module_args=[
+            "data_pipelines.metaworld_rlds",
+            "--out",
+            out,
+            "--tasks",
+            ",".join(TINY_TASKS),
+            "--episodes_per_task",
+            str(TINY_EPISODES),
+            "--val_episodes_per_task",
+            "1",
+            "--max_frames",
+            str(TINY_MAX_FRAMES),
+            "--workers",
+            "2",
+            "--seed",
+            "7",
+        ]
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def bridge_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("bridge") / "ds")
+    return rlds_fixtures.write_in_subprocess(out, "bridge", [5, 3, 7, 2], height=16, width=16)
+
+
+@pytest.fixture(scope="session")
+def oxe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Open-X layout with non-square (12x20) images and a dict action."""
+    out = str(tmp_path_factory.mktemp("oxe") / "ds")
+    return rlds_fixtures.write_in_subprocess(out, "oxe_bridge", [4, 6, 3], height=12, width=20)
