@@ -43,7 +43,12 @@ def resolve_mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, i
 
 
 def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over `devices` (default: all). A fully specified mesh smaller than a
+    single process's device set uses its first devices (e.g. a 1-device reference run)."""
     devices = list(jax.devices() if devices is None else devices)
+    wanted = math.prod(axes.values())
+    if -1 not in axes.values() and wanted < len(devices) and jax.process_count() == 1:
+        devices = devices[:wanted]
     sizes = resolve_mesh_shape(axes, len(devices))
     device_array = np.asarray(devices).reshape(tuple(sizes.values()))
     return Mesh(device_array, tuple(sizes.keys()))
@@ -83,3 +88,52 @@ def host_batch_to_global(batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(to_global, batch)
+
+
+# Logical axis name -> mesh axis (or axes, or None: replicated). Models name their
+# parameter and activation axes; this table, overridable in config, places them.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("patch", None),
+    ("latent", None),
+    ("codebook", None),
+)
+
+
+def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
+    """Accepts a list of [name, axis] pairs (axis: str, list of str, or None)."""
+    out = []
+    for item in rules:
+        if len(item) != 2:
+            raise ValueError(f"a sharding rule must be [logical_name, mesh_axis], got {item!r}")
+        name, axis = item
+        out.append((str(name), tuple(axis) if isinstance(axis, list | tuple) else axis))
+    return tuple(out)
+
+
+def check_rules(rules: Sequence[tuple[str, Any]], mesh: Mesh) -> None:
+    for name, axis in rules:
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        for a in axes:
+            if a is not None and a not in mesh.axis_names:
+                raise ValueError(
+                    f"sharding rule {name!r} -> {axis!r} names mesh axis {a!r}, but the mesh has "
+                    f"{mesh.axis_names}"
+                )
+
+
+def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """A tree of logical PartitionSpecs -> a tree of NamedShardings on `mesh`."""
+    import flax.linen as nn
+
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,157 @@
+"""Latent action quantizer (stage 1). Variants: tiny, metaworld, paper.
+
+python -m lapa_jax.train --config experiments/laq.py:metaworld --workdir runs/laq
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lapa_jax.sharding import DEFAULT_RULES
+
+VARIANTS = ("tiny", "metaworld", "paper")
+
+
+def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown laq variant {variant!r}; choose one of {VARIANTS}")
+    c = ml_collections.ConfigDict()
+    c.task = "laq"
+    c.variant = variant
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = "data/metaworld"
+    c.data.spec = "metaworld"
+    c.data.split = "train"
+    c.data.eval_split = "val"
+    c.data.frame_gap = 2  # in stored frames; Meta-World stores one frame per 2 sim steps
+    c.data.clip_to_last = True
+    c.data.image_size = 64
+    c.data.resize_mode = "crop"
+    c.data.worker_count = 0
+
+    # The original LAPA LAQ, scaled to the variant (see ../shared/README.md).
+    c.model = ml_collections.ConfigDict(
+        dict(
+            image_size=64,
+            patch_size=8,
+            channels=3,
+            width=256,
+            spatial_depth=4,
+            temporal_depth=4,
+            decoder_depth=4,
+            num_heads=4,
+            head_dim=64,
+            mlp_ratio=4.0,
+            gated_mlp=False,
+            qk_norm=False,
+            latent_dim=32,
+            num_latent_tokens=4,
+            quantizer="nsvq",
+            codebook_size=8,
+            codebook_init_scale=1.0,
+            fsq_levels=(2, 2, 2),
+            fsq_pre_norm=True,
+            residual_decoder=False,
+            dtype="float32",
+        )
+    )
+
+    # Dead-code replacement: the paper re-seeds codes used in < 10% of batches from
+    # perturbed live codes until step 5000; until_step=-1 keeps it running.
+    c.dead_code = ml_collections.ConfigDict(
+        dict(
+            enabled=True,
+            window=100,
+            threshold=0.1,
+            until_step=5000,
+            source="live_codes",
+            perturb=0.01,
+        )
+    )
+    c.usage_ema_decay = 0.99
+    c.collapse_alarm = ml_collections.ConfigDict(dict(min_perplexity=2.0, after_step=500))
+
+    # The paper: Adam, lr 1e-4, betas (0.9, 0.99), grad clip 0.5.
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            lr=1e-4,
+            b1=0.9,
+            b2=0.99,
+            eps=1e-8,
+            weight_decay=0.0,
+            grad_clip=0.5,
+            schedule="constant",
+            warmup_steps=0,
+            final_lr_fraction=0.0,
+        )
+    )
+
+    c.train = ml_collections.ConfigDict(
+        dict(
+            steps=3000,
+            batch_size=32,
+            seed=0,
+            log_every=25,
+            image_every=500,
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            async_checkpoints=True,
+            progress_bar=True,
+        )
+    )
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.sharding_rules = [
+        list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])] for r in DEFAULT_RULES
+    ]
+
+    if variant == "tiny":
+        c.data.image_size = 16
+        c.model.update(
+            dict(
+                image_size=16,
+                patch_size=4,
+                width=32,
+                spatial_depth=1,
+                temporal_depth=1,
+                decoder_depth=1,
+                num_heads=2,
+                head_dim=16,
+                latent_dim=8,
+            )
+        )
+        c.dead_code.window = 4
+        c.collapse_alarm.after_step = 10
+        c.train.update(
+            dict(
+                steps=6,
+                batch_size=8,
+                log_every=2,
+                image_every=6,
+                checkpoint_every=3,
+                progress_bar=False,
+            )
+        )
+    elif variant == "paper":
+        c.data.image_size = 256
+        c.data.frame_gap = 30  # ~0.6 s at 30 fps on Something-Something v2
+        c.model.update(
+            dict(
+                image_size=256,
+                patch_size=32,
+                width=1024,
+                spatial_depth=8,
+                temporal_depth=8,
+                decoder_depth=8,
+                num_heads=16,
+                head_dim=64,
+                mlp_ratio=8 / 3,
+                gated_mlp=True,
+                qk_norm=True,
+            )
+        )
+        c.train.update(dict(steps=100_000, batch_size=64, image_every=5000, checkpoint_every=5000))
+        c.collapse_alarm.after_step = 2000
+    return c

@@ -1,0 +1,13 @@
+"""Training stages, by the name a config's `task` field uses."""
+
+from __future__ import annotations
+
+from lapa_jax.tasks.base import Task
+
+
+def get_task(name: str) -> type[Task]:
+    if name == "laq":
+        from lapa_jax.tasks.laq import LAQTask
+
+        return LAQTask
+    raise ValueError(f"unknown task {name!r}; known tasks: ['laq']")

@@ -1,0 +1,60 @@
+"""What a training stage supplies to the one generic trainer.
+
+A task owns its model, data, loss and metrics; the trainer owns the loop, the mesh,
+the optimizer, checkpoints and logging, and never knows which stage it runs.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+
+class Task(abc.ABC):
+    name: str = "task"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @abc.abstractmethod
+    def make_model(self) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of the right shapes and dtypes, for initialisation."""
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+        """-> (boxed params with logical axis names, task state such as counters)."""
+
+    @abc.abstractmethod
+    def loss(
+        self,
+        params: Any,
+        task_state: Any,
+        batch: dict[str, jax.Array],
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+        """-> (scalar loss, (metrics, aux passed to `after_update`)). Differentiated in params."""
+
+    def after_update(
+        self, params: Any, task_state: Any, aux: Any, rng: jax.Array, step: jax.Array
+    ) -> tuple[Any, Any, dict[str, jax.Array]]:
+        """Non-gradient updates inside the jitted step (e.g. dead-code replacement)."""
+        del aux, rng, step
+        return params, task_state, {}
+
+    @abc.abstractmethod
+    def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True) -> Any:
+        """-> a Grain IterDataset of host batches (checkpointable iterators)."""
+
+    def summaries(self, params: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Images for the log (e.g. reconstruction grids); called on host, rarely."""
+        del params, batch
+        return {}

@@ -1,0 +1,193 @@
+"""Stage 1: train the latent action quantizer on frame pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lapa_jax.data import pipelines
+from lapa_jax.data.sources import EpisodeSource
+from lapa_jax.metric_writers import image_grid
+from lapa_jax.models import quantizers
+from lapa_jax.models.laq import LAQ, LAQConfig
+from lapa_jax.tasks.base import Task
+
+DEAD_CODE_SOURCES = ("live_codes", "latents")
+
+
+def psnr(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Per-sample PSNR in dB for images in [0, 1]."""
+    mse = jnp.mean(jnp.square(jnp.clip(pred, 0.0, 1.0) - target), axis=tuple(range(1, pred.ndim)))
+    return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def perplexity(counts: jax.Array) -> jax.Array:
+    p = counts / jnp.maximum(counts.sum(-1, keepdims=True), 1e-9)
+    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-12)), 0.0), -1))
+
+
+class LAQTask(Task):
+    name = "laq"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.model_cfg = LAQConfig.from_dict(config.model.to_dict())
+        if self.model_cfg.image_size != config.data.image_size:
+            raise ValueError(
+                f"model.image_size {self.model_cfg.image_size} != data.image_size {config.data.image_size}"
+            )
+        dc = config.dead_code
+        if dc.source not in DEAD_CODE_SOURCES:
+            raise ValueError(
+                f"dead_code.source must be one of {DEAD_CODE_SOURCES}, got {dc.source!r}"
+            )
+        if dc.window < 1 or not 0.0 <= dc.threshold <= 1.0:
+            raise ValueError(
+                f"dead_code.window must be >= 1 and threshold in [0, 1], got {dc.window}, {dc.threshold}"
+            )
+        self.model = LAQ(self.model_cfg)
+        self._recon_fn = None
+
+    # ---- model ---------------------------------------------------------------------
+
+    def make_model(self) -> LAQ:
+        return self.model
+
+    def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        s = self.model_cfg.image_size
+        return {"frames": np.zeros((batch_size, 2, s, s, self.model_cfg.channels), np.float32)}
+
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+        k_params, k_noise = jax.random.split(rng)
+        variables = self.model.init(
+            {"params": k_params, "noise": k_noise}, batch["frames"], train=True
+        )
+        k = self.model_cfg.num_codes
+        task_state = {
+            "usage": quantizers.init_usage_state(k),
+            # EMA of per-position code counts: usage and perplexity "over a window".
+            "code_ema": jnp.zeros((self.model_cfg.num_latent_tokens, k), jnp.float32),
+        }
+        return variables["params"], task_state
+
+    # ---- loss ----------------------------------------------------------------------
+
+    def loss(self, params, task_state, batch, rng, step):
+        frames = batch["frames"]
+        out = self.model.apply({"params": params}, frames, train=True, rngs={"noise": rng})
+        target = frames[:, 1].astype(jnp.float32)
+        loss = jnp.mean(jnp.square(out["recon"] - target))
+        codes_BL = out["codes"]
+        k = self.model_cfg.num_codes
+        onehot_BLK = jax.nn.one_hot(codes_BL, k, dtype=jnp.float32)
+        counts_LK = onehot_BLK.sum(0)
+        pooled = counts_LK.sum(0)
+        metrics = {
+            "loss": loss,
+            "psnr": jnp.mean(psnr(out["recon"], target)),
+            "copy_psnr": jnp.mean(psnr(frames[:, 0].astype(jnp.float32), target)),
+            "codes_used_batch": jnp.sum(pooled > 0).astype(jnp.float32),
+            "perplexity_batch": perplexity(pooled),
+            "quant_error": jnp.mean(
+                jnp.linalg.norm(out["delta"] - jax.lax.stop_gradient(out["hard"]), axis=-1)
+            ),
+            "delta_norm": jnp.mean(jnp.linalg.norm(out["delta"], axis=-1)),
+        }
+        aux = {
+            "codes": codes_BL,
+            "counts_LK": counts_LK,
+            "delta": jax.lax.stop_gradient(out["delta"]),
+        }
+        return loss, (metrics, aux)
+
+    def after_update(self, params, task_state, aux, rng, step):
+        cfg = self.config
+        decay = cfg.usage_ema_decay
+        counts_LK = aux["counts_LK"] / jnp.maximum(aux["counts_LK"].sum(-1, keepdims=True), 1.0)
+        code_ema = jnp.where(
+            step == 0, counts_LK, decay * task_state["code_ema"] + (1 - decay) * counts_LK
+        )
+        usage = task_state["usage"]
+        dc = cfg.dead_code
+        if self.model_cfg.quantizer == "nsvq" and dc.enabled:
+            codebook = params["quantizer"]["codebook"]
+            delta = aux["delta"].reshape(-1, aux["delta"].shape[-1])
+            new_codebook, usage = quantizers.replace_dead_codes(
+                codebook,
+                usage,
+                aux["codes"],
+                delta,
+                step,
+                rng,
+                window=dc.window,
+                threshold=dc.threshold,
+                until_step=dc.until_step,
+                source=dc.source,
+                perturb=dc.perturb,
+            )
+            params = {**params, "quantizer": {**params["quantizer"], "codebook": new_codebook}}
+        per_pos_ppl = perplexity(code_ema)
+        metrics = {
+            "codes_used_window": jnp.sum(code_ema.sum(0) > 1e-3).astype(jnp.float32),
+            "min_codes_used_per_position": jnp.min(jnp.sum(code_ema > 1e-3, -1)).astype(
+                jnp.float32
+            ),
+            "perplexity_window": perplexity(code_ema.sum(0)),
+            "min_perplexity_per_position": jnp.min(per_pos_ppl),
+            "dead_codes_replaced": usage["last_replaced"].astype(jnp.float32),
+            "dead_codes_replaced_total": usage["replaced_total"].astype(jnp.float32),
+        }
+        return params, {"usage": usage, "code_ema": code_ema}, metrics
+
+    # ---- data ----------------------------------------------------------------------
+
+    def frame_pair_source(self, split: str) -> pipelines.FramePairSource:
+        d = self.config.data
+        source = EpisodeSource(d.dir, d.spec, split)
+        return pipelines.FramePairSource(
+            source,
+            d.frame_gap,
+            pipelines.ImageConfig(size=d.image_size, resize_mode=d.resize_mode, dtype="float32"),
+            clip_to_last=d.clip_to_last,
+        )
+
+    def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True):
+        pairs = self.frame_pair_source(split)
+        cfg = pipelines.LoaderConfig(
+            global_batch_size=global_batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            worker_count=self.config.data.worker_count,
+        )
+        return pipelines.make_loader(pairs, cfg)
+
+    # ---- summaries -----------------------------------------------------------------
+
+    def reconstruct(self, params: Any, frames: Any) -> np.ndarray:
+        if self._recon_fn is None:
+            self._recon_fn = jax.jit(
+                lambda p, f: self.model.apply({"params": p}, f, train=False)["recon"]
+            )
+        return np.asarray(self._recon_fn(params, frames))
+
+    def summaries(self, params: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        frames = np.asarray(jax.device_get(batch["frames"]))[:8]
+        recon = np.clip(self.reconstruct(params, frames), 0, 1)
+        rows = []
+        for i in range(len(frames)):
+            diff_true = np.abs(frames[i, 1] - frames[i, 0])
+            diff_pred = np.abs(recon[i] - frames[i, 0])
+            rows.append(
+                [
+                    frames[i, 0],
+                    frames[i, 1],
+                    recon[i],
+                    np.clip(diff_true * 4, 0, 1),
+                    np.clip(diff_pred * 4, 0, 1),
+                ]
+            )
+        return {"reconstructions": image_grid(rows)}

@@ -1,0 +1,121 @@
+"""LAQ model shapes (tiny, and the paper config via eval_shape) and its encode/decode API."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import laq as laq_experiment
+from lapa_jax.models.laq import LAQ, LAQConfig, patchify, unpatchify
+
+
+def tiny_cfg(**kw):
+    return LAQConfig.from_dict({**laq_experiment.get_config("tiny").model.to_dict(), **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = tiny_cfg()
+    model = LAQ(cfg)
+    frames = jax.random.uniform(jax.random.key(0), (3, 2, 16, 16, 3))
+    params = model.init(
+        {"params": jax.random.key(1), "noise": jax.random.key(2)}, frames, train=True
+    )
+    return model, params, frames
+
+
+def test_tiny_shapes(tiny):
+    model, params, frames = tiny
+    out = model.apply(params, frames, train=True, rngs={"noise": jax.random.key(3)})
+    assert out["recon"].shape == (3, 16, 16, 3)
+    assert out["codes"].shape == (3, 4) and out["codes"].dtype == jnp.int32
+    assert out["delta"].shape == out["quantized"].shape == (3, 4, 8)
+
+
+def test_encode_decode_matches_the_forward_pass(tiny):
+    model, params, frames = tiny
+    codes = model.apply(params, frames, method=LAQ.encode)
+    eval_out = model.apply(params, frames, train=False)
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(eval_out["codes"]))
+    recon = model.apply(params, frames[:, 0], codes, method=LAQ.decode)
+    np.testing.assert_allclose(np.asarray(recon), np.asarray(eval_out["recon"]), atol=1e-5)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 8
+
+
+def test_latent_is_the_difference_of_the_two_frames(tiny):
+    model, params, frames = tiny
+    same = jnp.stack([frames[:, 0], frames[:, 0]], axis=1)
+    delta = model.apply(params, same, method=LAQ.latent_difference)
+    # The temporal attention is causal, so frame 1 sees frame 0: identical frames need
+    # not give exactly zero, but a pair and its copy-of-first give different latents.
+    other = model.apply(params, frames, method=LAQ.latent_difference)
+    assert not np.allclose(np.asarray(delta), np.asarray(other))
+
+
+def test_residual_decoder_starts_by_copying_the_first_frame():
+    cfg = tiny_cfg(residual_decoder=True)
+    model = LAQ(cfg)
+    frames = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 3))
+    params = model.init(
+        {"params": jax.random.key(1), "noise": jax.random.key(2)}, frames, train=True
+    )
+    out = model.apply(params, frames, train=False)
+    np.testing.assert_allclose(np.asarray(out["recon"]), np.asarray(frames[:, 0]), atol=1e-6)
+
+
+def test_fsq_variant_shapes():
+    cfg = tiny_cfg(quantizer="fsq", fsq_levels=(2, 2, 2))
+    model = LAQ(cfg)
+    frames = jnp.zeros((2, 2, 16, 16, 3))
+    params = model.init(
+        {"params": jax.random.key(1), "noise": jax.random.key(2)}, frames, train=True
+    )
+    codes = model.apply(params, frames, method=LAQ.encode)
+    assert codes.shape == (2, 4) and int(codes.max()) < 8
+
+
+def test_paper_config_by_eval_shape():
+    cfg = LAQConfig.from_dict(laq_experiment.get_config("paper").model.to_dict())
+    model = LAQ(cfg)
+    frames = jax.ShapeDtypeStruct((2, 2, 256, 256, 3), jnp.float32)
+    variables = jax.eval_shape(
+        lambda f: nn.meta.unbox(
+            model.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, f, train=True)
+        ),
+        frames,
+    )
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(variables))
+    assert 320e6 < n < 370e6, n  # the original is about 344M parameters
+    out = jax.eval_shape(lambda v, f: model.apply(v, f, train=False), variables, frames)
+    assert out["recon"].shape == (2, 256, 256, 3) and out["codes"].shape == (2, 4)
+    assert variables["params"]["quantizer"]["codebook"].shape == (8, 32)
+
+
+def test_patchify_round_trip():
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+    p = patchify(x, 4)
+    assert p.shape == (2, 16, 48)
+    np.testing.assert_array_equal(np.asarray(unpatchify(p, 4, 4, 3)), np.asarray(x))
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"patch_size": 5}, "not a multiple of patch_size"),
+        ({"num_latent_tokens": 3}, "square number"),
+        ({"num_latent_tokens": 9}, "cannot be reduced"),
+        ({"quantizer": "vq"}, "quantizer must be"),
+        ({"dtype": "float16"}, "dtype must be"),
+        ({"width": 0}, "width must be"),
+    ],
+)
+def test_bad_model_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_cfg(**kw)
+    with pytest.raises(ValueError, match="unknown LAQ model config fields"):
+        LAQConfig.from_dict({"widht": 3})

@@ -1,0 +1,134 @@
+"""NSVQ, FSQ and dead-code replacement."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lapa_jax.models import quantizers as Q
+
+
+@pytest.fixture(scope="module")
+def nsvq():
+    m = Q.NSVQ(num_codes=8, dim=4)
+    z = jax.random.normal(jax.random.key(0), (16, 3, 4))
+    params = nn.meta.unbox(
+        m.init({"params": jax.random.key(1), "noise": jax.random.key(2)}, z, train=True)
+    )
+    return m, params, z
+
+
+def test_nsvq_inference_returns_the_exact_nearest_code(nsvq):
+    m, params, z = nsvq
+    out = m.apply(params, z, train=False)
+    codebook = np.asarray(params["params"]["codebook"])
+    dist = ((np.asarray(z)[:, :, None, :] - codebook[None, None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(np.asarray(out.codes), dist.argmin(-1))
+    assert out.codes.dtype == jnp.int32 and out.codes.shape == (16, 3)
+    np.testing.assert_array_equal(np.asarray(out.quantized), codebook[np.asarray(out.codes)])
+    np.testing.assert_array_equal(
+        np.asarray(m.apply(params, out.codes, method=Q.NSVQ.lookup)), np.asarray(out.quantized)
+    )
+
+
+def test_nsvq_training_output_distance_equals_quantization_error(nsvq):
+    m, params, z = nsvq
+    outs = [m.apply(params, z, train=True, rngs={"noise": jax.random.key(s)}) for s in range(200)]
+    q_err = np.linalg.norm(np.asarray(z - outs[0].hard), axis=-1)
+    for o in outs[:5]:
+        np.testing.assert_allclose(
+            np.linalg.norm(np.asarray(o.quantized - z), axis=-1), q_err, rtol=1e-4
+        )
+    # The noise is zero-mean: the average output approaches z.
+    mean = np.mean([np.asarray(o.quantized) for o in outs], axis=0)
+    assert np.abs(mean - np.asarray(z)).mean() < 0.25 * q_err.mean()
+
+
+def test_nsvq_gradients_reach_input_and_codebook(nsvq):
+    m, params, z = nsvq
+
+    def f(p, z):
+        return jnp.sum(m.apply(p, z, train=True, rngs={"noise": jax.random.key(3)}).quantized ** 2)
+
+    g_params, g_z = jax.grad(f, argnums=(0, 1))(params, z)
+    g_cb = np.asarray(g_params["params"]["codebook"])
+    used = np.unique(np.asarray(m.apply(params, z, train=False).codes))
+    assert np.abs(g_cb[used]).sum(-1).min() > 0  # every used code gets a gradient
+    unused = np.setdiff1d(np.arange(8), used)
+    assert np.all(g_cb[unused] == 0)
+    assert np.abs(np.asarray(g_z)).sum() > 0
+
+
+def test_fsq_codes_lookup_and_straight_through():
+    m = Q.FSQ(levels=(3, 4, 2), dim=5)
+    z = 3 * jax.random.normal(jax.random.key(0), (32, 4, 5))
+    params = nn.meta.unbox(m.init(jax.random.key(1), z, train=False))
+    out = m.apply(params, z, train=False)
+    codes = np.asarray(out.codes)
+    assert codes.min() >= 0 and codes.max() < 24 and m.codebook_size == 24
+    np.testing.assert_allclose(
+        np.asarray(m.apply(params, out.codes, method=Q.FSQ.lookup)),
+        np.asarray(out.quantized),
+        atol=1e-5,
+    )
+    g = jax.grad(lambda z: jnp.sum(m.apply(params, z, train=True).quantized ** 2))(z)
+    assert np.abs(np.asarray(g)).sum() > 0
+    # All 24 codes are reachable.
+    big = 3 * jax.random.normal(jax.random.key(2), (4096, 1, 5))
+    assert len(np.unique(np.asarray(m.apply(params, big, train=False).codes))) > 12
+
+
+def run_windows(codebook, codes_fn, steps, source="live_codes", until=-1, window=5):
+    usage = Q.init_usage_state(codebook.shape[0])
+    latents = jnp.full((6, codebook.shape[1]), 7.0)
+    for s in range(steps):
+        codebook, usage = Q.replace_dead_codes(
+            codebook,
+            usage,
+            codes_fn(s),
+            latents,
+            jnp.int32(s),
+            jax.random.key(s),
+            window=window,
+            threshold=0.5,
+            until_step=until,
+            source=source,
+            perturb=0.01,
+        )
+    return codebook, usage
+
+
+def test_starved_codes_are_replaced_by_perturbed_live_codes():
+    codebook = jnp.arange(16, dtype=jnp.float32).reshape(4, 4)
+    only_code_0 = lambda s: jnp.zeros((2, 3), jnp.int32)  # noqa: E731
+    new, usage = run_windows(codebook, only_code_0, steps=5)
+    new = np.asarray(new)
+    np.testing.assert_array_equal(new[0], np.asarray(codebook[0]))  # the live code is kept
+    for k in (1, 2, 3):
+        assert np.abs(new[k] - np.asarray(codebook[0])).max() < 0.2  # a copy of code 0, perturbed
+        assert not np.array_equal(new[k], np.asarray(codebook[0]))
+    assert int(usage["replaced_total"]) == 3 and int(usage["last_replaced"]) == 3
+    assert int(usage["window_steps"]) == 0 and not np.asarray(usage["batches_used"]).any()
+
+
+def test_replacement_from_latents_and_schedule_stop():
+    codebook = jnp.arange(16, dtype=jnp.float32).reshape(4, 4)
+    codes = lambda s: jnp.array([[0, 1, 0]], jnp.int32)  # noqa: E731
+    new, usage = run_windows(codebook, codes, steps=5, source="latents")
+    assert np.abs(np.asarray(new)[2:] - 7.0).max() < 0.5 and int(usage["replaced_total"]) == 2
+    np.testing.assert_array_equal(np.asarray(new)[:2], np.asarray(codebook)[:2])
+    # until_step=3: the first window ends at step 4, after the schedule stopped.
+    new, usage = run_windows(codebook, codes, steps=5, until=3)
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(codebook))
+    assert int(usage["replaced_total"]) == 0
+
+
+def test_well_used_codes_are_never_replaced():
+    codebook = jnp.arange(16, dtype=jnp.float32).reshape(4, 4)
+    all_codes = lambda s: jnp.array([[0, 1, 2, 3]], jnp.int32)  # noqa: E731
+    new, usage = run_windows(codebook, all_codes, steps=10)
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(codebook))
+    assert int(usage["replaced_total"]) == 0
