@@ -11,13 +11,12 @@ worker processes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from typing import Any
 
+from benchmarks.common import write_result
 from data_pipelines import metaworld_rlds
 from lapa_jax.data import pipelines
 from lapa_jax.data.sources import EpisodeSource
@@ -98,17 +97,7 @@ def main() -> None:
                 flush=True,
             )
             pipes.append(r)
-    result = {
-        "benchmark": "data_throughput",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "generation": gen,
-        "frame_pair_pipeline": pipes,
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, "data_throughput", {"generation": gen, "frame_pair_pipeline": pipes})
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ config (256x256, patch 32, width 1024, 8+8+8 layers, 16 heads) at batch 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from typing import Any
 
@@ -26,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import write_result
 from experiments import laq as laq_experiment
 from lapa_jax.trainer import Trainer
 
@@ -72,8 +70,8 @@ def bench(name: str, steps: int, batch: int | None, dtype: str) -> dict[str, Any
     from lapa_jax import sharding
 
     g = sharding.host_batch_to_global(batch_np, trainer.mesh)
-    compiled = trainer._step_fn.lower(state, g).compile()
-    cost = compiled.cost_analysis()
+    # Global FLOPs of one step, from the lowered (not yet partitioned) program.
+    cost = trainer._step_fn.lower(state, g).cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     t0 = time.perf_counter()
@@ -129,22 +127,15 @@ def main() -> None:
             flush=True,
         )
         results.append(r)
-    out = {
-        "benchmark": "laq_throughput",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "devices": str(jax.devices()),
+    write_result(
+        args.out,
+        "laq_throughput",
+        {
+            "flops_source": "XLA cost analysis of the lowered train step (forward + backward + update)",
+            "matmul_gflops_ceiling": ceiling,
+            "results": results,
         },
-        "flops_source": "XLA cost analysis of the compiled train step (forward + backward + update)",
-        "matmul_gflops_ceiling": ceiling,
-        "results": results,
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.out}")
+    )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def ridge_r2(
 
 
 def downsample(img_NHWC: np.ndarray, size: int) -> np.ndarray:
-    n, h, w, c = img_NHWC.shape
+    n, h, _, c = img_NHWC.shape
     f = h // size
     return img_NHWC[:, : size * f, : size * f].reshape(n, size, f, size, f, c).mean((2, 4))
 
@@ -239,7 +239,7 @@ class Evaluator:
                     1,
                 )
                 rows.append([frames[i, 0], frames[i, 1], *dec])
-        save_png(path, image_grid(rows), scale=2)
+        save_png(path, image_grid(rows))
         return path
 
 

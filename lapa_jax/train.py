@@ -24,6 +24,11 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes")
 _PID = flags.DEFINE_integer("process_id", None, "this process's index")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "split the host CPU into N XLA devices (data-parallel over cores); 0: leave as is",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -53,3 +53,24 @@ def oxe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Open-X layout with non-square (12x20) images and a dict action."""
     out = str(tmp_path_factory.mktemp("oxe") / "ds")
     return rlds_fixtures.write_in_subprocess(out, "oxe_bridge", [4, 6, 3], height=12, width=20)
+
+
+def tiny_laq_config(data_dir: str, **train):
+    from experiments import laq as laq_experiment
+
+    c = laq_experiment.get_config("tiny")
+    c.data.dir = data_dir
+    c.train.update(train)
+    return c
+
+
+@pytest.fixture(scope="session")
+def full_run(metaworld_dir: str, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny LAQ run, uninterrupted: 6 steps, checkpoints at 3 and 6."""
+    import jax
+
+    from lapa_jax.trainer import Trainer
+
+    workdir = str(tmp_path_factory.mktemp("full"))
+    state = Trainer(tiny_laq_config(metaworld_dir), workdir).run()
+    return workdir, jax.device_get(state)

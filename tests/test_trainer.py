@@ -12,17 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import laq as laq_experiment
 from lapa_jax.checkpointing import CheckpointMismatchError
 from lapa_jax.tasks.laq import LAQTask
 from lapa_jax.trainer import NonFiniteLossError, Trainer
-
-
-def tiny_config(data_dir, **train):
-    c = laq_experiment.get_config("tiny")
-    c.data.dir = data_dir
-    c.train.update(train)
-    return c
+from tests.conftest import tiny_laq_config as tiny_config
 
 
 def read_jsonl(path):
@@ -75,14 +68,6 @@ def test_sharded_step_matches_single_device(metaworld_dir, batches):
     ):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     assert leaves_equal(states[0].task_state["usage"], states[1].task_state["usage"])
-
-
-@pytest.fixture(scope="module")
-def full_run(metaworld_dir, tmp_path_factory):
-    """The uninterrupted reference: 6 steps, checkpoints at 3 and 6."""
-    workdir = str(tmp_path_factory.mktemp("full"))
-    state = Trainer(tiny_config(metaworld_dir), workdir).run()
-    return workdir, jax.device_get(state)
 
 
 def test_run_writes_metrics_images_and_config(full_run):

@@ -217,6 +217,10 @@ class LoaderConfig:
     drop_remainder: bool = True
     worker_count: int = 0  # Grain worker processes (0: load in this process)
     worker_buffer_size: int = 4
+    # Threads reading and decoding in this process; keep small on few-core machines
+    # where they compete with the training step for the same cores.
+    read_threads: int = 2
+    prefetch_buffer_size: int = 64
     # Default: this JAX process's index and the process count (ShardByJaxProcess).
     shard_index: int | None = None
     shard_count: int | None = None
@@ -264,7 +268,11 @@ def make_loader(source: Sequence[Any] | Any, config: LoaderConfig) -> grain.Iter
     if count > 1:
         ds = ds[index::count]
     ds = ds.batch(per_host, drop_remainder=config.drop_remainder)
-    it_ds = ds.to_iter_dataset()
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
+        )
+    )
     if config.worker_count > 0:
         _mark_flags_parsed()
         it_ds = it_ds.mp_prefetch(

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,6 +109,7 @@ class EpisodeSource:
             self.spec.skip_bad_episodes if skip_bad_episodes is None else skip_bad_episodes
         )
         self._source: Any = None
+        self._lock = threading.Lock()
         builder = self._builder()
         self.dataset_name = builder.info.name
         self._check_format(builder)
@@ -209,19 +211,27 @@ class EpisodeSource:
     def source(self) -> Any:
         """The TFDS data source, opened lazily so this object pickles into workers."""
         if self._source is None:
-            import tensorflow_datasets as tfds
+            with self._lock:  # Grain reads from several threads
+                if self._source is None:
+                    import tensorflow_datasets as tfds
 
-            builder = self._builder()
-            decoders = None
-            if self._image_is_encoded:
-                decoders = {"steps": _nested(self.spec.image_key, tfds.decode.SkipDecoding())}
-            self._source = builder.as_data_source(self.split, decoders=decoders)
+                    decoders = None
+                    if self._image_is_encoded:
+                        decoders = {
+                            "steps": _nested(self.spec.image_key, tfds.decode.SkipDecoding())
+                        }
+                    self._source = self._builder().as_data_source(self.split, decoders=decoders)
         return self._source
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_source"] = None
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ---- the index ---------------------------------------------------------------
 

@@ -162,6 +162,7 @@ class LAQTask(Task):
             seed=seed,
             shuffle=shuffle,
             worker_count=self.config.data.worker_count,
+            read_threads=self.config.data.get("read_threads", 2),
         )
         return pipelines.make_loader(pairs, cfg)
 

@@ -1,0 +1,61 @@
+"""The quantizer report: every measure present, baselines beside it, probes sane."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lapa_jax import evaluate_laq
+
+
+def test_ridge_probe_recovers_a_linear_map_and_not_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6))
+    w = rng.normal(size=(6, 2))
+    y = x @ w + 0.01 * rng.normal(size=(400, 2))
+    r2 = evaluate_laq.ridge_r2(x[:300], y[:300], x[300:], y[300:], lam=1e-4)
+    assert np.all(r2 > 0.99)
+    noise = rng.normal(size=(400, 6))
+    assert np.all(evaluate_laq.ridge_r2(noise[:300], y[:300], noise[300:], y[300:]) < 0.1)
+
+
+def test_downsample_is_a_block_mean():
+    img = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
+    d = evaluate_laq.downsample(img, 2)
+    assert d.shape == (2, 2, 2, 1)
+    assert d[0, 0, 0, 0] == np.mean([0, 1, 4, 5])
+
+
+def test_report_on_a_tiny_run(full_run):
+    workdir, _ = full_run
+    report = evaluate_laq.main(["--workdir", workdir, "--max_pairs", "40", "--batch_size", "16"])
+    for key in (
+        "psnr",
+        "psnr_copy_baseline",
+        "delta_t_psnr",
+        "psnr_changing_pixels",
+        "psnr_changing_pixels_copy_baseline",
+        "codes_used_per_position",
+        "perplexity_per_position",
+        "distinct_actions",
+    ):
+        assert key in report, key
+    assert report["checkpoint_step"] == 6 and 0 < report["num_pairs"] <= 40
+    assert len(report["codes_used_per_position"]) == 4
+    assert all(1 <= c <= 8 for c in report["codes_used_per_position"])
+    assert all(1.0 - 1e-6 <= p <= 8.0 for p in report["perplexity_per_position"])
+    probe = report["probe"]
+    for name in ("codes_onehot", "latent_continuous", "pixel_difference_16x16"):
+        assert set(probe[name]) >= {"r2_xyz", "r2_gripper", "r2_per_dim"}
+        assert len(probe[name]["r2_per_dim"]) == 4
+    assert os.path.isfile(report["atlas"])
+    with open(os.path.join(workdir, "eval", "laq_eval_0000006.json")) as f:
+        assert json.load(f)["psnr"] == pytest.approx(report["psnr"])
+    from PIL import Image
+
+    with Image.open(report["atlas"]) as im:
+        # 3 frames x (4 positions + all) rows; x_t, x_{t+H} and 8 codes per row.
+        assert im.size == (2 + 10 * (16 + 2), 2 + 15 * (16 + 2))
