@@ -20,7 +20,8 @@ def free_port() -> int:
 def test_two_process_training_smoke(metaworld_dir, tmp_path):
     workdir = str(tmp_path / "dist")
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)  # --cpu_devices below must give each process 2 devices
     procs = []
     for pid in range(2):
         cmd = [
@@ -38,6 +39,7 @@ def test_two_process_training_smoke(metaworld_dir, tmp_path):
             f"--coordinator_address=127.0.0.1:{port}",
             "--num_processes=2",
             f"--process_id={pid}",
+            "--cpu_devices=2",
         ]
         procs.append(
             subprocess.Popen(
