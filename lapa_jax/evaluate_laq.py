@@ -81,6 +81,14 @@ def downsample(img_NHWC: np.ndarray, size: int) -> np.ndarray:
     return img_NHWC[:, : size * f, : size * f].reshape(n, size, f, size, f, c).mean((2, 4))
 
 
+def pad_to_devices(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Repeats the last row so the batch splits evenly over the devices."""
+    pad = (-len(arrays[0])) % jax.device_count()
+    if not pad:
+        return arrays
+    return tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
+
+
 def _psnr(mse: np.ndarray) -> np.ndarray:
     return -10.0 * np.log10(np.maximum(mse, 1e-10))
 
@@ -110,8 +118,7 @@ class Evaluator:
         for start in range(0, len(idx), self.batch_size):
             items = [src[int(i)] for i in idx[start : start + self.batch_size]]
             frames = np.stack([it["frames"] for it in items])
-            pad = (-len(frames)) % jax.device_count()
-            fr = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)]) if pad else frames
+            (fr,) = pad_to_devices(frames)
             res = jax.device_get(self._forward(self.params, fr))
             rand_codes = rng.integers(0, k, size=res["codes"].shape).astype(np.int32)
             rand = np.asarray(self._decode(self.params, fr[:, 0], rand_codes))
@@ -181,7 +188,7 @@ class Evaluator:
         def features(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             x0, x1 = d["frames"][:, 0], d["frames"][:, 1]
             return {
-                "codes_onehot": jax.nn.one_hot(d["codes"], k).reshape(len(x0), -1).__array__(),
+                "codes_onehot": np.eye(k, dtype=np.float32)[d["codes"]].reshape(len(x0), -1),
                 "latent_continuous": d["delta"].reshape(len(x0), -1),
                 "pixel_difference_16x16": downsample(x1 - x0, 16).reshape(len(x0), -1),
                 "pixel_difference_8x8": downsample(x1 - x0, 8).reshape(len(x0), -1),
@@ -215,30 +222,27 @@ class Evaluator:
         src = self.task.frame_pair_source(split)
         idx = np.linspace(0, len(src) - 1, num_frames).astype(int)
         frames = np.stack([src[int(i)]["frames"] for i in idx])
-        pad = (-len(frames)) % jax.device_count()
-        fr = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)]) if pad else frames
+        (fr,) = pad_to_devices(frames)
         base = np.asarray(jax.device_get(self._forward(self.params, fr))["codes"])
         cfg = self.model.cfg
-        rows = []
+        k, n_pos = cfg.num_codes, cfg.num_latent_tokens
+        # One row per (frame, position); the last position row sets every position.
+        xs, cs = [], []
         for i in range(len(frames)):
-            for p in range(cfg.num_latent_tokens + 1):  # the last row sets every position
-                codes = np.repeat(base[None, i], cfg.num_codes, 0)
-                if p < cfg.num_latent_tokens:
-                    codes[:, p] = np.arange(cfg.num_codes)
+            for p in range(n_pos + 1):
+                codes = np.repeat(base[None, i], k, 0)
+                if p < n_pos:
+                    codes[:, p] = np.arange(k)
                 else:
-                    codes[:] = np.arange(cfg.num_codes)[:, None]
-                x = np.repeat(frames[None, i, 0], cfg.num_codes, 0)
-                padn = (-len(x)) % jax.device_count()
-                xs = np.concatenate([x, np.repeat(x[-1:], padn, 0)]) if padn else x
-                cs = np.concatenate([codes, np.repeat(codes[-1:], padn, 0)]) if padn else codes
-                dec = np.clip(
-                    np.asarray(self._decode(self.params, xs, jnp.asarray(cs, jnp.int32)))[
-                        : cfg.num_codes
-                    ],
-                    0,
-                    1,
-                )
-                rows.append([frames[i, 0], frames[i, 1], *dec])
+                    codes[:] = np.arange(k)[:, None]
+                cs.append(codes)
+                xs.append(np.repeat(frames[None, i, 0], k, 0))
+        x_all, c_all = pad_to_devices(np.concatenate(xs), np.concatenate(cs).astype(np.int32))
+        decoded = np.clip(np.asarray(self._decode(self.params, x_all, jnp.asarray(c_all))), 0, 1)
+        rows = []
+        for r in range(len(xs)):
+            i = r // (n_pos + 1)
+            rows.append([frames[i, 0], frames[i, 1], *decoded[r * k : (r + 1) * k]])
         save_png(path, image_grid(rows))
         return path
 

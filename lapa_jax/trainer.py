@@ -8,7 +8,6 @@ state and the data position; metrics to JSONL, TensorBoard and a progress bar.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -126,7 +125,7 @@ class Trainer:
             logical = nn.get_partition_spec(abstract_boxed)
             self.state_sharding = sharding.logical_to_shardings(logical, self.mesh, self.rules)
         self.abstract_state = abstract_with_shardings(
-            jax.eval_shape(lambda r: nn.meta.unbox(self._init_boxed(r)), rng), self.state_sharding
+            nn.meta.unbox(abstract_boxed), self.state_sharding
         )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self._init_fn = jax.jit(
@@ -269,8 +268,3 @@ def _numeric(batch: dict[str, Any]) -> dict[str, Any]:
 def _mean_metrics(metrics: list[dict[str, Any]]) -> dict[str, float]:
     keys = metrics[0].keys()
     return {k: float(np.mean([np.asarray(m[k]) for m in metrics])) for k in keys}
-
-
-def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(json.loads(config.to_json_best_effort()), f, indent=2)

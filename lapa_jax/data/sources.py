@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -383,11 +383,3 @@ class EpisodeSource:
     def episode_metadata(self, episode: int) -> dict[str, Any]:
         meta = self.episode_record(episode).get("episode_metadata", {})
         return {k: _text(v) if isinstance(v, bytes | np.bytes_) else v for k, v in meta.items()}
-
-
-def open_sources(
-    data_dirs: Sequence[str], specs: Sequence[DatasetSpec | str], split: str = "train"
-) -> list[EpisodeSource]:
-    if len(data_dirs) != len(specs):
-        raise ValueError(f"{len(data_dirs)} data dirs but {len(specs)} specs")
-    return [EpisodeSource(d, s, split) for d, s in zip(data_dirs, specs, strict=True)]

@@ -7,7 +7,6 @@ it was computed from, so stale statistics are detected rather than silently used
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any
@@ -73,17 +72,3 @@ def load_statistics(data_dir: str, split: str = "train") -> dict[str, Any]:
         )
     with open(path) as f:
         return json.load(f)
-
-
-def get_or_compute_statistics(source: EpisodeSource) -> dict[str, Any]:
-    """Loads saved statistics if they match this source, else computes and saves them."""
-    try:
-        stats = load_statistics(source.data_dir, source.split)
-        if stats.get("spec") == source.spec.to_json() and stats.get("num_episodes") == len(source):
-            return stats
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    stats = compute_statistics(source)
-    with contextlib.suppress(OSError):  # a read-only data folder: still return them
-        save_statistics(source.data_dir, stats, source.split)
-    return stats

@@ -83,6 +83,12 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    """Unit norm over the last axis, computed in float32, returned in x's dtype."""
+    inv = jax.lax.rsqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), -1, keepdims=True) + 1e-6)
+    return x * inv.astype(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `kv` is None.
 
@@ -110,12 +116,7 @@ class Attention(nn.Module):
         k_BKHD = proj("key")(kv_BKE)
         v_BKHD = proj("value")(kv_BKE)
         if self.qk_norm:
-            q_BQHD = q_BQHD * jax.lax.rsqrt(
-                jnp.sum(jnp.square(q_BQHD.astype(jnp.float32)), -1, keepdims=True) + 1e-6
-            ).astype(self.dtype)
-            k_BKHD = k_BKHD * jax.lax.rsqrt(
-                jnp.sum(jnp.square(k_BKHD.astype(jnp.float32)), -1, keepdims=True) + 1e-6
-            ).astype(self.dtype)
+            q_BQHD, k_BKHD = _l2_normalize(q_BQHD), _l2_normalize(k_BKHD)
             scale = self.param(
                 "temperature",
                 nn.with_logical_partitioning(nn.initializers.constant(10.0), ("heads",)),

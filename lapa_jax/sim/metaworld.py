@@ -257,7 +257,8 @@ def _worker_init(config: RolloutConfig) -> None:
     _WORKER_ROLLER = ExpertRoller(config)
 
 
-def _worker_rollout(job: tuple[str, int]) -> dict[str, Any]:
+def worker_rollout_fn(job: tuple[str, int]) -> dict[str, Any]:
+    """Rolls out (task, seed) in a pool worker made by `rollout_pool`."""
     assert _WORKER_ROLLER is not None, "worker was not initialised"
     return _WORKER_ROLLER.rollout(*job)
 
@@ -272,6 +273,3 @@ def rollout_pool(config: RolloutConfig, workers: int) -> Any:
 
     ctx = mp.get_context("spawn")
     return ctx.Pool(workers, initializer=_worker_init, initargs=(config,))
-
-
-worker_rollout_fn = _worker_rollout
