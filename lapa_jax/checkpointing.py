@@ -100,10 +100,19 @@ class Checkpointer:
                 log.warning("Moved unreadable checkpoint step %d to %s", step, dst)
         self.manager.reload()
 
-    def restore(self, abstract_state: Any, data_iterator: Any | None) -> tuple[Any, int] | None:
-        """Restores the newest readable checkpoint into `abstract_state`'s shapes and
-        shardings (and the iterator's position); None if there is none."""
+    def restore(
+        self, abstract_state: Any, data_iterator: Any | None, step: int | None = None
+    ) -> tuple[Any, int] | None:
+        """Restores the newest readable checkpoint (or exactly `step`) into
+        `abstract_state`'s shapes and shardings (and the iterator's position); None if
+        there is none."""
         steps = self.all_steps()
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(
+                    f"no checkpoint for step {step} in {self.directory}; it has {steps}"
+                )
+            steps = [step]
         unreadable: list[int] = []
         for step in reversed(steps):
             try:

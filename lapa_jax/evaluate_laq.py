@@ -31,10 +31,8 @@ import numpy as np
 from lapa_jax.checkpointing import Checkpointer
 from lapa_jax.metric_writers import image_grid, save_png
 from lapa_jax.models.laq import LAQ
-from lapa_jax.tasks.laq import LAQTask
+from lapa_jax.tasks.laq import CHANGE_THRESHOLD, LAQTask
 from lapa_jax.trainer import Trainer
-
-CHANGE_THRESHOLD = 0.05  # a pixel "changes" if its channels move by more than this in sum
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -47,10 +45,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return cfg
 
 
-def load_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[Any, int]:
+def load_params(
+    workdir: str, config: ml_collections.ConfigDict, step: int | None = None
+) -> tuple[Any, int]:
     trainer = Trainer(config, workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    restored = ckpt.restore(trainer.abstract_state, None)
+    restored = ckpt.restore(trainer.abstract_state, None, step)
     ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
@@ -94,12 +94,12 @@ def _psnr(mse: np.ndarray) -> np.ndarray:
 
 
 class Evaluator:
-    def __init__(self, workdir: str, batch_size: int = 64):
+    def __init__(self, workdir: str, batch_size: int = 64, step: int | None = None):
         self.workdir = workdir
         self.config = load_config(workdir)
         self.task = LAQTask(self.config)
         self.model: LAQ = self.task.model
-        self.params, self.step = load_params(workdir, self.config)
+        self.params, self.step = load_params(workdir, self.config, step)
         self.batch_size = batch_size
         m = self.model
         self._forward = jax.jit(lambda p, f: m.apply({"params": p}, f, train=False))
@@ -275,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--max_pairs", type=int, default=2000)
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    ev = Evaluator(args.workdir, args.batch_size)
+    ev = Evaluator(args.workdir, args.batch_size, args.step)
     split = args.split or ev.config.data.get("eval_split", "val")
     report = ev.evaluate(split=split, train_split=ev.config.data.split, max_pairs=args.max_pairs)
     out_dir = os.path.join(args.workdir, "eval")

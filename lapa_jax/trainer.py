@@ -207,7 +207,8 @@ class Trainer:
             + (f"resumed at step {start}" if restored else "from scratch")
         )
         last_good = start if restored else None
-        window_t0, window_steps = time.perf_counter(), 0
+        run_t0 = window_t0 = time.perf_counter()
+        window_steps = 0
         metrics_acc: list[dict[str, Any]] = []
         try:
             for step in range(start, t.steps):
@@ -230,6 +231,7 @@ class Trainer:
                     dt = time.perf_counter() - window_t0
                     scalars["step_time_s"] = dt / window_steps
                     scalars["samples_per_s"] = window_steps * t.batch_size / dt
+                    scalars["wall_time_s"] = time.perf_counter() - run_t0  # this process's
                     writer.write_scalars(done, scalars)
                     self._collapse_alarm(writer, done, scalars)
                     window_t0, window_steps = time.perf_counter(), 0

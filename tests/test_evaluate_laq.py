@@ -29,6 +29,12 @@ def test_downsample_is_a_block_mean():
     assert d[0, 0, 0, 0] == np.mean([0, 1, 4, 5])
 
 
+def test_asking_for_a_missing_checkpoint_step_names_the_ones_there(full_run):
+    workdir, _ = full_run
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 4 .* has \["):
+        evaluate_laq.Evaluator(workdir, step=4)
+
+
 def test_report_on_a_tiny_run(full_run):
     workdir, _ = full_run
     report = evaluate_laq.main(["--workdir", workdir, "--max_pairs", "40", "--batch_size", "16"])

@@ -62,6 +62,36 @@ def test_nsvq_gradients_reach_input_and_codebook(nsvq):
     assert np.abs(np.asarray(g_z)).sum() > 0
 
 
+def test_cosine_nsvq_uses_unit_vectors_and_angular_nearest_code():
+    m = Q.NSVQ(num_codes=8, dim=4, normalize=True)
+    z = 5 * jax.random.normal(jax.random.key(0), (16, 3, 4))
+    params = nn.meta.unbox(
+        m.init({"params": jax.random.key(1), "noise": jax.random.key(2)}, z, train=True)
+    )
+    out = m.apply(params, z, train=False)
+    raw = np.asarray(params["params"]["codebook"])
+    unit = raw / np.linalg.norm(raw, axis=-1, keepdims=True)
+    zn = np.asarray(z) / np.linalg.norm(np.asarray(z), axis=-1, keepdims=True)
+    np.testing.assert_array_equal(np.asarray(out.codes), (zn @ unit.T).argmax(-1))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out.quantized), axis=-1), 1.0, rtol=1e-5)
+    # Scaling a latent does not change its code.
+    np.testing.assert_array_equal(
+        np.asarray(m.apply(params, 0.01 * z, train=False).codes), np.asarray(out.codes)
+    )
+    assert out.logits.shape == (16, 3, 8)
+
+
+def test_usage_entropy_gap_is_zero_for_uniform_use_and_log_k_for_collapse():
+    from lapa_jax.tasks.laq import usage_entropy_gap
+
+    k = 8
+    sharp = 100.0 * (np.eye(k)[np.arange(64) % k] - 1.0)  # [64, K], each row one code
+    uniform = jnp.asarray(sharp[:, None, :])  # [B, L=1, K]
+    assert float(usage_entropy_gap(uniform, 1.0)) == pytest.approx(0.0, abs=1e-5)
+    collapsed = jnp.asarray(np.repeat(sharp[:1], 64, 0)[:, None, :])
+    assert float(usage_entropy_gap(collapsed, 1.0)) == pytest.approx(np.log(k), rel=1e-4)
+
+
 def test_fsq_codes_lookup_and_straight_through():
     m = Q.FSQ(levels=(3, 4, 2), dim=5)
     z = 3 * jax.random.normal(jax.random.key(0), (32, 4, 5))

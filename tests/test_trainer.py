@@ -167,6 +167,8 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(metaworld_dir, tmp_path):
         ("optimizer.schedule", "linear", "schedule"),
         ("optimizer.lr", 0.0, "lr must be > 0"),
         ("dead_code.source", "random", "dead_code.source"),
+        ("loss.changed_weight", -1.0, "changed_weight"),
+        ("loss.usage_entropy_temperature", 0.0, "usage_entropy_temperature"),
         ("task", "nope", "unknown task"),
         ("mesh.data", 3, "devices"),
     ],

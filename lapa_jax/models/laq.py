@@ -11,7 +11,11 @@ Decoder: queries are the patch embeddings of x_t; blocks of self-attention,
 cross-attention to the quantized latent tokens and an MLP; a linear map back to
 pixels. With `residual_decoder` it predicts x_t plus a correction whose output layer
 starts at zero, so training starts at "copy x_t" and can only lower the loss by
-reading the latent (see ../shared/README.md on collapse).
+reading the latent (see ../shared/README.md on collapse). With `flow_decoder` it also
+decodes a per-pixel flow and warps x_t with it before adding the correction.
+
+The defaults of LAQConfig are the paper's model; the other switches are the issue-8
+levers, measured in results/laq_ablation.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ class LAQConfig:
     fsq_levels: tuple[int, ...] = (2, 2, 2)
     fsq_pre_norm: bool = True
     residual_decoder: bool = False
+    flow_decoder: bool = False  # predict x_{t+H} by warping x_t with a decoded flow field
+    # Issue-8 levers; the defaults are the paper's behaviour (see experiments/laq.py).
+    latent_pool: str = "conv"  # "conv": per-frame conv reduction; "attention": see LatentPool
+    latent_norm: bool = False  # NSVQ on the unit sphere (cosine distance)
+    encoder_spatial_pos: bool = True  # False: the encoder cannot tell where a change is
+    decoder_latent_add: bool = False  # also add the whole latent to every decoder token
+    decoder_mask_ratio: float = 0.0  # training: hide this fraction of x_t patches
     dtype: str = "float32"  # compute dtype; parameters stay float32
 
     def __post_init__(self) -> None:
@@ -58,16 +69,22 @@ class LAQConfig:
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
             )
         side = math.isqrt(self.num_latent_tokens)
-        if side * side != self.num_latent_tokens:
+        if self.num_latent_tokens < 1:
+            raise ValueError(f"num_latent_tokens must be >= 1, got {self.num_latent_tokens}")
+        if self.latent_pool == "conv" and side * side != self.num_latent_tokens:
             raise ValueError(
-                f"num_latent_tokens must be a square number, got {self.num_latent_tokens}"
+                f"num_latent_tokens must be a square number with conv pooling, got {self.num_latent_tokens}"
             )
-        if self.grid % side:
+        if self.latent_pool == "conv" and self.grid % side:
             raise ValueError(
                 f"the {self.grid}x{self.grid} patch grid cannot be reduced to {side}x{side} latent tokens"
             )
         if self.quantizer not in ("nsvq", "fsq"):
             raise ValueError(f"quantizer must be 'nsvq' or 'fsq', got {self.quantizer!r}")
+        if self.latent_pool not in ("conv", "attention"):
+            raise ValueError(f"latent_pool must be 'conv' or 'attention', got {self.latent_pool!r}")
+        if not 0.0 <= self.decoder_mask_ratio < 1.0:
+            raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {self.decoder_mask_ratio}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         for name in (
@@ -141,8 +158,29 @@ def _pos_embedding(module: nn.Module, name: str, shape: tuple[int, ...]) -> jax.
     )
 
 
+def _block(cfg: LAQConfig, name: str, causal: bool = False, cross: bool = False) -> Block:
+    return Block(
+        cfg.num_heads,
+        cfg.head_dim,
+        int(cfg.width * cfg.mlp_ratio),
+        cfg.jnp_dtype,
+        causal,
+        cross,
+        cfg.qk_norm,
+        cfg.gated_mlp,
+        name=name,
+    )
+
+
 class Encoder(nn.Module):
-    """frames [B, T, H, W, C] -> per-frame latent vectors [B, T, L, latent_dim]."""
+    """frames [B, T=2, H, W, C] -> the continuous latent action [B, L, latent_dim].
+
+    "conv" pooling (the paper's): each frame's tokens are reduced to L vectors by a conv
+    stack over the patch grid and the latent is e(x_{t+H}) - e(x_t), so latent position p
+    describes image region p. "attention" pooling takes the difference per patch first
+    and lets L learned queries attend over it, so a latent token can describe a motion
+    wherever in the image it happens.
+    """
 
     cfg: LAQConfig
 
@@ -155,21 +193,12 @@ class Encoder(nn.Module):
         x = PatchEmbed(cfg.width, cfg.patch_size, dt, name="patch_embed")(
             frames_BTHWC.reshape(b * t, *frames_BTHWC.shape[2:])
         )
-        x = x + _pos_embedding(self, "pos_spatial", (n, cfg.width)).astype(dt)
+        if cfg.encoder_spatial_pos:
+            x = x + _pos_embedding(self, "pos_spatial", (n, cfg.width)).astype(dt)
         x = x.reshape(b, t, n, cfg.width) + _pos_embedding(
             self, "pos_temporal", (t, 1, cfg.width)
         ).astype(dt)
-        block = lambda causal, name: Block(  # noqa: E731
-            cfg.num_heads,
-            cfg.head_dim,
-            int(cfg.width * cfg.mlp_ratio),
-            dt,
-            causal,
-            False,
-            cfg.qk_norm,
-            cfg.gated_mlp,
-            name=name,
-        )
+        block = lambda causal, name: _block(cfg, name, causal=causal)  # noqa: E731
         x = x.reshape(b * t, n, cfg.width)
         for i in range(cfg.spatial_depth):
             x = block(False, f"spatial_{i}")(x)
@@ -178,6 +207,8 @@ class Encoder(nn.Module):
             x = block(True, f"temporal_{i}")(x)
         x = x.reshape(b, n, t, cfg.width).transpose(0, 2, 1, 3).reshape(b * t, n, cfg.width)
         x = LayerNorm(dtype=dt, name="ln_final")(x)
+        if cfg.latent_pool == "attention":
+            return LatentPool(cfg, name="latent_pool")(x.reshape(b, t, n, cfg.width))
         z = DenseGeneral(cfg.latent_dim, ("embed", "latent"), dtype=dt, name="to_latent")(x)
         z = z.reshape(b * t, cfg.grid, cfg.grid, cfg.latent_dim)
         side = math.isqrt(cfg.num_latent_tokens)
@@ -191,7 +222,27 @@ class Encoder(nn.Module):
             dtype=dt,
             name="conv_reduce",
         )(z)
-        return z.reshape(b, t, cfg.num_latent_tokens, cfg.latent_dim).astype(jnp.float32)
+        z_BTLD = z.reshape(b, t, cfg.num_latent_tokens, cfg.latent_dim).astype(jnp.float32)
+        return z_BTLD[:, -1] - z_BTLD[:, 0]
+
+
+class LatentPool(nn.Module):
+    """Per-patch feature difference [B, 2, N, W] -> L latent tokens [B, L, latent_dim]."""
+
+    cfg: LAQConfig
+
+    @nn.compact
+    def __call__(self, feats_BTNW: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dt = cfg.jnp_dtype
+        diff_BNW = feats_BTNW[:, -1] - feats_BTNW[:, 0]
+        diff_BNW = LayerNorm(dtype=dt, name="ln_diff")(diff_BNW)
+        queries = _pos_embedding(self, "queries", (cfg.num_latent_tokens, cfg.width)).astype(dt)
+        q_BLW = jnp.broadcast_to(queries, (diff_BNW.shape[0], *queries.shape))
+        q_BLW = _block(cfg, "pool_block", cross=True)(q_BLW, diff_BNW)
+        q_BLW = LayerNorm(dtype=dt, name="ln_out")(q_BLW)
+        z = DenseGeneral(cfg.latent_dim, ("embed", "latent"), dtype=dt, name="to_latent")(q_BLW)
+        return z.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
@@ -200,38 +251,85 @@ class Decoder(nn.Module):
     cfg: LAQConfig
 
     @nn.compact
-    def __call__(self, first_BHWC: jax.Array, latents_BLD: jax.Array) -> jax.Array:
+    def __call__(
+        self, first_BHWC: jax.Array, latents_BLD: jax.Array, train: bool = False
+    ) -> jax.Array:
         cfg = self.cfg
         dt = cfg.jnp_dtype
         n = cfg.grid * cfg.grid
         x = PatchEmbed(cfg.width, cfg.patch_size, dt, name="patch_embed")(first_BHWC)
+        if cfg.decoder_mask_ratio > 0:
+            # A decoder that cannot see every x_t patch cannot get the frame for free.
+            mask_token = self.param(
+                "mask_token",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+                (cfg.width,),
+                jnp.float32,
+            )
+            if train:
+                hide_BN = jax.random.bernoulli(
+                    self.make_rng("noise"), cfg.decoder_mask_ratio, x.shape[:2]
+                )
+                x = jnp.where(hide_BN[..., None], mask_token.astype(dt), x)
         x = x + _pos_embedding(self, "pos_spatial", (n, cfg.width)).astype(dt)
         ctx = DenseGeneral(cfg.width, ("latent", "embed"), dtype=dt, name="latent_in")(latents_BLD)
         ctx = ctx + _pos_embedding(self, "pos_latent", (cfg.num_latent_tokens, cfg.width)).astype(
             dt
         )
+        if cfg.decoder_latent_add:
+            # Every query token gets the whole action, not only what cross-attention fetches.
+            flat = latents_BLD.reshape(latents_BLD.shape[0], -1).astype(dt)
+            add_BW = DenseGeneral(cfg.width, ("latent", "embed"), dtype=dt, name="latent_add")(flat)
+            x = x + LayerNorm(dtype=dt, name="ln_latent_add")(add_BW)[:, None, :]
         for i in range(cfg.decoder_depth):
-            x = Block(
-                cfg.num_heads,
-                cfg.head_dim,
-                int(cfg.width * cfg.mlp_ratio),
-                dt,
-                False,
-                True,
-                cfg.qk_norm,
-                cfg.gated_mlp,
-                name=f"block_{i}",
-            )(x, ctx)
+            x = _block(cfg, f"block_{i}", cross=True)(x, ctx)
         x = LayerNorm(dtype=dt, name="ln_final")(x)
         pixels = cfg.patch_size * cfg.patch_size * cfg.channels
-        init = nn.initializers.zeros if cfg.residual_decoder else nn.initializers.lecun_normal()
+        starts_at_copy = cfg.residual_decoder or cfg.flow_decoder
+        init = nn.initializers.zeros if starts_at_copy else nn.initializers.lecun_normal()
         out = DenseGeneral(
             pixels, ("embed", "patch"), dtype=dt, kernel_init=init, name="to_pixels"
         )(x)
         out = unpatchify(out.astype(jnp.float32), cfg.patch_size, cfg.grid, cfg.channels)
-        if cfg.residual_decoder:
-            out = first_BHWC.astype(jnp.float32) + out
+        base = first_BHWC.astype(jnp.float32)
+        if cfg.flow_decoder:
+            # Rigid motion of a few pixels is one flow vector per pixel here, where a pixel
+            # decoder has to redraw every edge that moved.
+            flow = DenseGeneral(
+                cfg.patch_size * cfg.patch_size * 2,
+                ("embed", "patch"),
+                dtype=dt,
+                kernel_init=nn.initializers.zeros,
+                name="to_flow",
+            )(x)
+            flow_BHW2 = unpatchify(flow.astype(jnp.float32), cfg.patch_size, cfg.grid, 2)
+            base = warp(base, flow_BHW2)
+        if starts_at_copy:
+            out = base + out
         return out
+
+
+def warp(images_BHWC: jax.Array, flow_BHW2: jax.Array) -> jax.Array:
+    """Backward bilinear warp: out[y, x] = image[y + flow_y, x + flow_x] (edges clamped)."""
+    b, h, w, c = images_BHWC.shape
+    ys, xs = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
+    y = jnp.clip(ys[None] + flow_BHW2[..., 0], 0, h - 1)
+    x = jnp.clip(xs[None] + flow_BHW2[..., 1], 0, w - 1)
+    y0, x0 = jnp.floor(y), jnp.floor(x)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+    y0i, x0i = y0.astype(jnp.int32), x0.astype(jnp.int32)
+    y1i, x1i = jnp.minimum(y0i + 1, h - 1), jnp.minimum(x0i + 1, w - 1)
+    flat = images_BHWC.reshape(b, h * w, c)
+
+    def gather(yi: jax.Array, xi: jax.Array) -> jax.Array:
+        idx = (yi * w + xi).reshape(b, h * w, 1)
+        return jnp.take_along_axis(flat, idx, axis=1).reshape(b, h, w, c)
+
+    top = gather(y0i, x0i) * (1 - wx) + gather(y0i, x1i) * wx
+    bottom = gather(y1i, x0i) * (1 - wx) + gather(y1i, x1i) * wx
+    return top * (1 - wy) + bottom * wy
 
 
 class LAQ(nn.Module):
@@ -242,27 +340,27 @@ class LAQ(nn.Module):
         self.encoder = Encoder(cfg)
         if cfg.quantizer == "nsvq":
             self.quantizer = quantizers.NSVQ(
-                cfg.codebook_size, cfg.latent_dim, cfg.codebook_init_scale
+                cfg.codebook_size, cfg.latent_dim, cfg.codebook_init_scale, cfg.latent_norm
             )
         else:
             self.quantizer = quantizers.FSQ(tuple(cfg.fsq_levels), cfg.latent_dim, cfg.fsq_pre_norm)
         self.decoder = Decoder(cfg)
 
     def latent_difference(self, frames_BTHWC: jax.Array) -> jax.Array:
-        """The continuous latent action d = e(x_{t+H}) - e(x_t), [B, L, latent_dim]."""
-        e_BTLD = self.encoder(frames_BTHWC)
-        return e_BTLD[:, 1] - e_BTLD[:, 0]
+        """The continuous latent action [B, L, latent_dim] (a difference of frame features)."""
+        return self.encoder(frames_BTHWC)
 
     def __call__(self, frames_BTHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         delta_BLD = self.latent_difference(frames_BTHWC)
         q = self.quantizer(delta_BLD, train)
-        recon_BHWC = self.decoder(frames_BTHWC[:, 0], q.quantized)
+        recon_BHWC = self.decoder(frames_BTHWC[:, 0], q.quantized, train)
         return {
             "recon": recon_BHWC,
             "codes": q.codes,
             "delta": delta_BLD,
             "quantized": q.quantized,
             "hard": q.hard,
+            "logits": q.logits,
         }
 
     def encode(self, frames_BTHWC: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ class QuantizerOutput:
     quantized: jax.Array  # [B, L, D], what the decoder sees
     codes: jax.Array  # [B, L] int32
     hard: jax.Array  # [B, L, D], the code vectors themselves
+    logits: jax.Array | None = None  # [B, L, K] negative squared distances (NSVQ only)
 
 
 class NSVQ(nn.Module):
@@ -37,9 +38,10 @@ class NSVQ(nn.Module):
     num_codes: int
     dim: int
     init_scale: float = 1.0
+    normalize: bool = False  # latents and codes on the unit sphere: cosine distance
 
     def setup(self) -> None:
-        self.codebook = self.param(
+        self.raw_codebook = self.param(
             "codebook",
             nn.with_logical_partitioning(
                 nn.initializers.normal(self.init_scale), ("codebook", "latent")
@@ -52,28 +54,43 @@ class NSVQ(nn.Module):
     def codebook_size(self) -> int:
         return self.num_codes
 
-    def nearest(self, z_BLD: jax.Array) -> jax.Array:
-        z = z_BLD.astype(jnp.float32)
-        d_BLK = (
-            jnp.sum(z**2, -1, keepdims=True)
-            - 2 * jnp.einsum("bld,kd->blk", z, self.codebook)
-            + jnp.sum(self.codebook**2, -1)
+    def _prep(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        return _l2_normalize(x) if self.normalize else x
+
+    @property
+    def codebook(self) -> jax.Array:
+        return self._prep(self.raw_codebook)
+
+    def _neg_sq_distances(self, z_BLD: jax.Array) -> jax.Array:
+        cb = self.codebook
+        return -(
+            jnp.sum(z_BLD**2, -1, keepdims=True)
+            - 2 * jnp.einsum("bld,kd->blk", z_BLD, cb)
+            + jnp.sum(cb**2, -1)
         )
-        return jnp.argmin(d_BLK, axis=-1).astype(jnp.int32)
+
+    def nearest(self, z_BLD: jax.Array) -> jax.Array:
+        return jnp.argmax(self._neg_sq_distances(self._prep(z_BLD)), axis=-1).astype(jnp.int32)
 
     def lookup(self, codes_BL: jax.Array) -> jax.Array:
         return jnp.take(self.codebook, codes_BL, axis=0)
 
     def __call__(self, z_BLD: jax.Array, train: bool) -> QuantizerOutput:
-        z = z_BLD.astype(jnp.float32)
-        codes_BL = self.nearest(z)
+        z = self._prep(z_BLD)
+        logits_BLK = self._neg_sq_distances(z)
+        codes_BL = jnp.argmax(logits_BLK, axis=-1).astype(jnp.int32)
         hard_BLD = self.lookup(codes_BL)
         if not train:
-            return QuantizerOutput(hard_BLD, codes_BL, hard_BLD)
+            return QuantizerOutput(hard_BLD, codes_BL, hard_BLD, logits_BLK)
         noise_BLD = jax.random.normal(self.make_rng("noise"), z.shape, jnp.float32)
         err = jnp.sqrt(jnp.sum((z - hard_BLD) ** 2, -1, keepdims=True) + 1e-12)
         noise_norm = jnp.sqrt(jnp.sum(noise_BLD**2, -1, keepdims=True) + 1e-12)
-        return QuantizerOutput(z + (err / noise_norm) * noise_BLD, codes_BL, hard_BLD)
+        return QuantizerOutput(z + (err / noise_norm) * noise_BLD, codes_BL, hard_BLD, logits_BLK)
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
 
 
 class FSQ(nn.Module):

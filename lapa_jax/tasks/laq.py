@@ -17,6 +17,20 @@ from lapa_jax.models.laq import LAQ, LAQConfig
 from lapa_jax.tasks.base import Task
 
 DEAD_CODE_SOURCES = ("live_codes", "latents")
+CHANGE_THRESHOLD = 0.05  # a pixel "changes" if its channels move by more than this in sum
+
+
+def changed_pixels(first_BHWC: jax.Array, target_BHWC: jax.Array, threshold: float) -> jax.Array:
+    """[B, H, W] float mask of the pixels that differ between the two frames."""
+    return (jnp.abs(target_BHWC - first_BHWC).sum(-1) > threshold).astype(jnp.float32)
+
+
+def usage_entropy_gap(logits_BLK: jax.Array, temperature: float) -> jax.Array:
+    """log K minus the entropy of the batch-mean soft code assignment, averaged over
+    positions: zero when every code takes an equal share of the batch."""
+    p_LK = jax.nn.softmax(logits_BLK / temperature, axis=-1).mean(0)
+    ent_L = -jnp.sum(p_LK * jnp.log(jnp.maximum(p_LK, 1e-12)), -1)
+    return jnp.mean(jnp.log(logits_BLK.shape[-1]) - ent_L)
 
 
 def psnr(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -49,6 +63,24 @@ class LAQTask(Task):
             raise ValueError(
                 f"dead_code.window must be >= 1 and threshold in [0, 1], got {dc.window}, {dc.threshold}"
             )
+        lc = config.get("loss", {})
+        self.changed_weight = float(lc.get("changed_weight", 0.0))
+        self.change_threshold = float(lc.get("change_threshold", CHANGE_THRESHOLD))
+        self.usage_entropy_weight = float(lc.get("usage_entropy_weight", 0.0))
+        self.usage_entropy_temperature = float(lc.get("usage_entropy_temperature", 1.0))
+        if self.changed_weight < 0 or self.usage_entropy_weight < 0:
+            raise ValueError(
+                "loss.changed_weight and loss.usage_entropy_weight must be >= 0, got "
+                f"{self.changed_weight}, {self.usage_entropy_weight}"
+            )
+        if self.usage_entropy_temperature <= 0:
+            raise ValueError(
+                f"loss.usage_entropy_temperature must be > 0, got {self.usage_entropy_temperature}"
+            )
+        if self.usage_entropy_weight > 0 and self.model_cfg.quantizer != "nsvq":
+            raise ValueError(
+                "loss.usage_entropy_weight needs the nsvq quantizer (FSQ has no logits)"
+            )
         self.model = LAQ(self.model_cfg)
         self._recon_fn = None
 
@@ -79,8 +111,26 @@ class LAQTask(Task):
     def loss(self, params, task_state, batch, rng, step):
         frames = batch["frames"]
         out = self.model.apply({"params": params}, frames, train=True, rngs={"noise": rng})
+        first = frames[:, 0].astype(jnp.float32)
         target = frames[:, 1].astype(jnp.float32)
-        loss = jnp.mean(jnp.square(out["recon"] - target))
+        sq_err_BHW = jnp.mean(jnp.square(out["recon"] - target), -1)
+        recon_loss = jnp.mean(sq_err_BHW)
+        loss = recon_loss
+        extra: dict[str, jax.Array] = {}
+        if self.changed_weight > 0:
+            # Most pixels are static; weighting the ones that move makes the motion, which
+            # only the latent can explain, worth as much as the background.
+            changed_BHW = changed_pixels(first, target, self.change_threshold)
+            w_BHW = 1.0 + self.changed_weight * changed_BHW
+            loss = jnp.sum(w_BHW * sq_err_BHW) / jnp.sum(w_BHW)
+            extra["fraction_changed"] = jnp.mean(changed_BHW)
+            extra["changed_mse"] = jnp.sum(changed_BHW * sq_err_BHW) / jnp.maximum(
+                changed_BHW.sum(), 1.0
+            )
+        if self.usage_entropy_weight > 0:
+            gap = usage_entropy_gap(out["logits"], self.usage_entropy_temperature)
+            loss = loss + self.usage_entropy_weight * gap
+            extra["usage_entropy_gap"] = gap
         codes_BL = out["codes"]
         k = self.model_cfg.num_codes
         onehot_BLK = jax.nn.one_hot(codes_BL, k, dtype=jnp.float32)
@@ -88,8 +138,10 @@ class LAQTask(Task):
         pooled = counts_LK.sum(0)
         metrics = {
             "loss": loss,
+            "recon_mse": recon_loss,
+            **extra,
             "psnr": jnp.mean(psnr(out["recon"], target)),
-            "copy_psnr": jnp.mean(psnr(frames[:, 0].astype(jnp.float32), target)),
+            "copy_psnr": jnp.mean(psnr(first, target)),
             "codes_used_batch": jnp.sum(pooled > 0).astype(jnp.float32),
             "perplexity_batch": perplexity(pooled),
             "quant_error": jnp.mean(

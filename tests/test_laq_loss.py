@@ -1,0 +1,63 @@
+"""The issue-8 loss terms of the LAQ task, against a direct numpy computation."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from experiments import laq as laq_experiment
+from lapa_jax.tasks.laq import LAQTask
+
+
+def _task(**loss):
+    c = laq_experiment.get_config("tiny")
+    c.loss.update(loss)
+    return LAQTask(c)
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.uniform(0, 1, (4, 1, 16, 16, 3)).astype(np.float32), 2, axis=1)
+    frames[:, 1, 4:8, 4:8] += 0.5  # a 4x4 block changes in every pair: 1/16 of the pixels
+    return {"frames": np.clip(frames, 0, 1)}
+
+
+def test_changed_pixel_weighting_matches_a_direct_computation():
+    task = _task(changed_weight=3.0)
+    batch = _batch()
+    params, ts = task.init(jax.random.key(0), batch)
+    params = nn.meta.unbox(params)
+    loss, (metrics, _) = task.loss(params, ts, batch, jax.random.key(1), 0)
+    recon = task.model.apply(
+        {"params": params}, batch["frames"], train=True, rngs={"noise": jax.random.key(1)}
+    )["recon"]
+    sq = ((np.asarray(recon) - batch["frames"][:, 1]) ** 2).mean(-1)
+    changed = np.abs(batch["frames"][:, 1] - batch["frames"][:, 0]).sum(-1) > 0.05
+    w = 1 + 3.0 * changed
+    assert float(metrics["fraction_changed"]) == pytest.approx(changed.mean())
+    assert changed.mean() == pytest.approx(1 / 16, abs=0.01)
+    np.testing.assert_allclose(float(loss), (w * sq).sum() / w.sum(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["recon_mse"]), sq.mean(), rtol=1e-4)
+
+
+def test_usage_entropy_term_is_added_to_the_loss():
+    plain, reg = _task(), _task(usage_entropy_weight=0.5)
+    batch = _batch()
+    params, ts = plain.init(jax.random.key(0), batch)
+    params = nn.meta.unbox(params)
+    l0, _ = plain.loss(params, ts, batch, jax.random.key(1), 0)
+    l1, (m1, _) = reg.loss(params, ts, batch, jax.random.key(1), 0)
+    assert float(m1["usage_entropy_gap"]) >= 0
+    np.testing.assert_allclose(
+        float(l1), float(l0) + 0.5 * float(m1["usage_entropy_gap"]), rtol=1e-5
+    )
+
+
+def test_usage_entropy_needs_nsvq():
+    c = laq_experiment.get_config("tiny")
+    c.model.quantizer = "fsq"
+    c.loss.usage_entropy_weight = 0.1
+    with pytest.raises(ValueError, match="needs the nsvq quantizer"):
+        LAQTask(c)
