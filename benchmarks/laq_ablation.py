@@ -1,0 +1,283 @@
+"""Issue-8 ablation: which levers make the latent action codes carry the action.
+
+Each variant is `experiments/laq.py` plus command-line overrides. For each, this trains a
+quantizer on the default Meta-World data (wall time measured), evaluates it on the
+held-out split with `lapa_jax.evaluate_laq` (baselines included) and adds a row to
+results/laq_ablation/ablation.json and the markdown table in the same folder. Finished
+variants are skipped, so the script can be re-run to add variants.
+
+    python benchmarks/laq_ablation.py --variants faithful,changed_w20 [--steps 1200]
+    python benchmarks/laq_ablation.py --table   # only rewrite the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "results", "laq_ablation")
+
+# A smaller model than the paper's so that a variant trains in minutes on 2 CPU cores.
+SMALL = [
+    "--config.model.width=128",
+    "--config.model.spatial_depth=2",
+    "--config.model.temporal_depth=2",
+    "--config.model.decoder_depth=2",
+]
+FAITHFUL = ["--config=experiments/laq.py:metaworld_faithful", *SMALL]
+RESIDUAL = ["--config.model.residual_decoder=True"]
+GLOBAL = ["--config.model.latent_pool=attention", "--config.model.decoder_latent_add=True"]
+LR = ["--config.optimizer.lr=3e-4", "--config.optimizer.warmup_steps=100"]
+NORM = [
+    "--config.model.latent_norm=True",
+    "--config.dead_code.source=latents",
+    "--config.dead_code.until_step=-1",
+]
+BASE = [*FAITHFUL, *RESIDUAL, *GLOBAL, *LR]
+FLOW = ["--config.model.flow_decoder=True"]
+FSQ = ["--config.model.quantizer=fsq", "--config.dead_code.enabled=False"]
+
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "faithful": ("the paper's recipe (small model)", FAITHFUL),
+    "changed_w20": (
+        "faithful + changing pixels weighted x21 in the loss",
+        [*FAITHFUL, "--config.loss.changed_weight=20"],
+    ),
+    "residual": ("faithful + decoder predicts x_t + a correction", [*FAITHFUL, *RESIDUAL]),
+    "residual_global": (
+        "residual + attention-pooled latent, added to every decoder token",
+        [*FAITHFUL, *RESIDUAL, *GLOBAL],
+    ),
+    "residual_global_lr": ("residual_global + lr 3e-4 with warmup", BASE),
+    "rgl_changed_w4": (
+        "residual_global_lr + changing pixels x5",
+        [*BASE, "--config.loss.changed_weight=4"],
+    ),
+    "rgl_norm": ("residual_global_lr + cosine NSVQ, dead codes from latents", [*BASE, *NORM]),
+    "rgl_fsq": (
+        "residual_global_lr with FSQ (2,2,2) instead of NSVQ",
+        [*BASE, *FSQ],
+    ),
+    "rgl_entropy": (
+        "residual_global_lr + usage-entropy regulariser",
+        [
+            *BASE,
+            "--config.loss.usage_entropy_weight=0.1",
+            "--config.loss.usage_entropy_temperature=4.0",
+        ],
+    ),
+    "rgl_mask": (
+        "residual_global_lr + decoder sees 75% of x_t patches",
+        [*BASE, "--config.model.decoder_mask_ratio=0.25"],
+    ),
+    "flow": ("faithful + flow-warp decoder", [*FAITHFUL, "--config.model.flow_decoder=True"]),
+    "flow_lr": ("flow + lr 3e-4 with warmup", [*FAITHFUL, *FLOW, *LR]),
+    "flow_lr_gap4": (
+        "flow_lr with frame gap 4",
+        [*FAITHFUL, *FLOW, *LR, "--config.data.frame_gap=4"],
+    ),
+    "flow_lr_global": (
+        "flow_lr + attention-pooled latent added to every decoder token",
+        [*FAITHFUL, *FLOW, *LR, *GLOBAL],
+    ),
+    "flow_lr_gap4_norm": (
+        "flow_lr_gap4 + cosine NSVQ, dead codes re-seeded from latents throughout",
+        [*FAITHFUL, *FLOW, *LR, "--config.data.frame_gap=4", *NORM],
+    ),
+    "flow_lr_gap4_norm_global": (
+        "flow_lr_gap4_norm + attention-pooled latent added to every decoder token",
+        [*FAITHFUL, *FLOW, *LR, "--config.data.frame_gap=4", *NORM, *GLOBAL],
+    ),
+    "metaworld_default": (
+        "experiments/laq.py:metaworld as it now stands (= flow_lr_gap4_norm)",
+        ["--config=experiments/laq.py:metaworld"],
+    ),
+    "flow_lr_gap4_fsq": (
+        "flow_lr_gap4 with FSQ (2,2,2) instead of NSVQ",
+        [*FAITHFUL, *FLOW, *LR, "--config.data.frame_gap=4", *FSQ],
+    ),
+    "rgl_gap4": ("residual_global_lr with frame gap 4", [*BASE, "--config.data.frame_gap=4"]),
+}
+
+MEASURES = (
+    ("probe_xyz_codes", "probe R^2 xyz, codes"),
+    ("probe_gripper_codes", "probe R^2 gripper, codes"),
+    ("delta_t_psnr", "delta-t-PSNR dB"),
+    ("changing_psnr_gain", "changing-pixel PSNR - copy, dB"),
+    ("min_codes_used", "min codes used per position"),
+    ("min_perplexity", "min perplexity per position"),
+    ("collapse_alarms", "collapse alarms in training"),
+)
+
+
+def summarize(report: dict[str, Any], alarms: int) -> dict[str, Any]:
+    probe = report["probe"]
+    return {
+        "probe_xyz_codes": probe["codes_onehot"]["r2_xyz"],
+        "probe_gripper_codes": probe["codes_onehot"]["r2_gripper"],
+        "delta_t_psnr": report["delta_t_psnr"],
+        "changing_psnr_gain": report["psnr_changing_pixels"]
+        - report["psnr_changing_pixels_copy_baseline"],
+        "min_codes_used": min(report["codes_used_per_position"]),
+        "min_perplexity": min(report["perplexity_per_position"]),
+        "collapse_alarms": alarms,
+        "baselines": {
+            "probe_xyz_pixel_difference_16x16": probe["pixel_difference_16x16"]["r2_xyz"],
+            "probe_gripper_pixel_difference_16x16": probe["pixel_difference_16x16"]["r2_gripper"],
+            "probe_xyz_latent_continuous": probe["latent_continuous"]["r2_xyz"],
+            "probe_gripper_latent_continuous": probe["latent_continuous"]["r2_gripper"],
+            "psnr_copy": report["psnr_copy_baseline"],
+        },
+        "psnr": report["psnr"],
+        "codes_used_per_position": report["codes_used_per_position"],
+        "perplexity_per_position": report["perplexity_per_position"],
+        "distinct_actions": report["distinct_actions"],
+    }
+
+
+def run_variant(name: str, steps: int, extra: list[str], eval_steps: list[int]) -> dict[str, Any]:
+    desc, overrides = VARIANTS[name]
+    workdir = os.path.join(ROOT, "runs", "ablation", name)
+    if os.path.exists(os.path.join(workdir, "checkpoints")):
+        raise FileExistsError(f"{workdir} has checkpoints; remove it to re-run {name}")
+    every = min(eval_steps) if eval_steps else steps
+    cmd = [
+        sys.executable,
+        "-m",
+        "lapa_jax.train",
+        f"--workdir={workdir}",
+        f"--cpu_devices={os.cpu_count()}",
+        *overrides,
+        *extra,
+        f"--config.train.steps={steps}",
+        f"--config.train.checkpoint_every={every}",
+        "--config.train.keep_checkpoints=5",
+        "--config.train.progress_bar=False",
+        "--config.train.image_every=0",
+    ]
+    print("$", " ".join(cmd), flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    train_time = time.perf_counter() - t0
+    log = proc.stdout + proc.stderr
+    with open(os.path.join(workdir, "train.log"), "w") as f:
+        f.write(log)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training {name} failed:\n{log[-3000:]}")
+    alarms = [line for line in log.splitlines() if "codebook collapse?" in line]
+    row: dict[str, Any] = {
+        "variant": name,
+        "description": desc,
+        "overrides": [*overrides, *extra],
+        "steps": steps,
+        "train_time_s": round(train_time, 1),
+        "first_collapse_alarm": alarms[0] if alarms else None,
+        "evals": {},
+    }
+    from lapa_jax import evaluate_laq
+
+    for s in sorted(set(eval_steps or [steps])):
+        report = evaluate_laq.main(["--workdir", workdir, "--step", str(s)])
+        row["evals"][str(s)] = summarize(report, _alarms_until(alarms, s))
+        row["atlas"] = report["atlas"]
+    return row
+
+
+def _alarms_until(alarms: list[str], step: int) -> int:
+    n = 0
+    for line in alarms:
+        try:
+            s = int(line.split("WARNING step ")[1].split(":")[0])
+        except (IndexError, ValueError):
+            continue
+        n += s <= step
+    return n
+
+
+def load_rows() -> dict[str, Any]:
+    path = os.path.join(OUT, "ablation.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["variant"]: r for r in json.load(f)["variants"]}
+
+
+def save(rows: dict[str, Any]) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import write_result
+
+    write_result(
+        os.path.join(OUT, "ablation.json"),
+        "laq_ablation",
+        {
+            "data": "data/metaworld (default build), held-out split val",
+            "variants": list(rows.values()),
+        },
+    )
+    with open(os.path.join(OUT, "table.md"), "w") as f:
+        f.write(markdown_table(rows))
+
+
+def markdown_table(rows: dict[str, Any]) -> str:
+    head = [
+        "variant",
+        "steps",
+        "train min",
+        *[label for _, label in MEASURES],
+        "pixel-diff probe xyz / gripper",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows.values():
+        for step, m in r["evals"].items():
+            b = m["baselines"]
+            cells = [
+                r["variant"],
+                step,
+                f"{r['train_time_s'] * int(step) / r['steps'] / 60:.1f}",
+                *[_fmt(m[k]) for k, _ in MEASURES],
+                f"{b['probe_xyz_pixel_difference_16x16']:.3f} / {b['probe_gripper_pixel_difference_16x16']:.3f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument(
+        "--eval_steps",
+        default="",
+        help="comma-separated checkpoint steps to evaluate (default: last)",
+    )
+    p.add_argument("--table", action="store_true", help="only rewrite the markdown table")
+    p.add_argument("extra", nargs="*", help="more --config overrides for every variant")
+    args = p.parse_args()
+    rows = load_rows()
+    if not args.table:
+        eval_steps = [int(s) for s in args.eval_steps.split(",") if s]
+        for name in args.variants.split(","):
+            if name not in VARIANTS:
+                raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+            if name in rows:
+                print(f"{name}: already in the table, skipping")
+                continue
+            rows[name] = run_variant(name, args.steps, args.extra, eval_steps)
+            save(rows)
+    save(rows)
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
