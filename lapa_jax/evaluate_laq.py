@@ -31,7 +31,7 @@ import numpy as np
 from lapa_jax.checkpointing import Checkpointer
 from lapa_jax.metric_writers import image_grid, save_png
 from lapa_jax.models.laq import LAQ
-from lapa_jax.tasks.laq import CHANGE_THRESHOLD, LAQTask
+from lapa_jax.tasks.laq import CHANGE_THRESHOLD, LAQTask, changed_pixels
 from lapa_jax.trainer import Trainer
 
 
@@ -58,21 +58,33 @@ def load_params(
     return state.params, step
 
 
-def ridge_r2(
-    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, lam: float = 1e-2
+def ridge_predict(
+    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, lam: float = 1e-2
 ) -> np.ndarray:
-    """Per-target R^2 on the test set of a ridge regression fitted on the train set."""
+    """Predictions on x_te of a ridge regression (standardised features, free intercept)
+    fitted on the train set."""
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
     a, b = (x_tr - mu) / sd, (x_te - mu) / sd
     a = np.concatenate([a, np.ones((len(a), 1))], 1)
     b = np.concatenate([b, np.ones((len(b), 1))], 1)
     reg = lam * len(a) * np.eye(a.shape[1])
     reg[-1, -1] = 0.0
-    w = np.linalg.solve(a.T @ a + reg, a.T @ y_tr)
-    pred = b @ w
+    return b @ np.linalg.solve(a.T @ a + reg, a.T @ y_tr)
+
+
+def ridge_r2(
+    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, lam: float = 1e-2
+) -> np.ndarray:
+    """Per-target R^2 on the test set of a ridge regression fitted on the train set."""
+    pred = ridge_predict(x_tr, y_tr, x_te, lam)
     ss_res = ((y_te - pred) ** 2).sum(0)
     ss_tot = ((y_te - y_te.mean(0)) ** 2).sum(0) + 1e-12
     return 1.0 - ss_res / ss_tot
+
+
+def onehot_codes(codes_NL: np.ndarray, num_codes: int) -> np.ndarray:
+    """[N, L] codes -> [N, L * num_codes] one-hot features, the probes' code input."""
+    return np.eye(num_codes, dtype=np.float32)[codes_NL].reshape(len(codes_NL), -1)
 
 
 def downsample(img_NHWC: np.ndarray, size: int) -> np.ndarray:
@@ -140,7 +152,7 @@ class Evaluator:
         x0, x1 = ev["frames"][:, 0], ev["frames"][:, 1]
         k = self.model.cfg.num_codes
         mse = lambda a, b: ((a - b) ** 2).mean((1, 2, 3))  # noqa: E731
-        change = np.abs(x1 - x0).sum(-1) > CHANGE_THRESHOLD  # [N, H, W]
+        change = np.asarray(changed_pixels(x0, x1, CHANGE_THRESHOLD)) > 0  # [N, H, W]
         frac_changed = float(change.mean())
 
         def changed_psnr(pred: np.ndarray) -> float:
@@ -188,7 +200,7 @@ class Evaluator:
         def features(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             x0, x1 = d["frames"][:, 0], d["frames"][:, 1]
             return {
-                "codes_onehot": np.eye(k, dtype=np.float32)[d["codes"]].reshape(len(x0), -1),
+                "codes_onehot": onehot_codes(d["codes"], k),
                 "latent_continuous": d["delta"].reshape(len(x0), -1),
                 "pixel_difference_16x16": downsample(x1 - x0, 16).reshape(len(x0), -1),
                 "pixel_difference_8x8": downsample(x1 - x0, 8).reshape(len(x0), -1),

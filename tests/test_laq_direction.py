@@ -14,6 +14,7 @@ import pytest
 
 from experiments import laq as laq_experiment
 from lapa_jax.data.synthetic import moving_square_pairs
+from lapa_jax.evaluate_laq import onehot_codes, ridge_predict
 from lapa_jax.models.laq import LAQ
 from lapa_jax.trainer import Trainer
 
@@ -43,13 +44,12 @@ def direction_config():
 
 
 def probe_accuracy(codes_tr, y_tr, codes_te, y_te, num_codes):
-    """Held-out accuracy of a ridge classifier on one-hot codes (one column per class)."""
-    onehot = lambda c: np.eye(num_codes)[c].reshape(len(c), -1)  # noqa: E731
-    a, b = onehot(codes_tr), onehot(codes_te)
-    a1 = np.concatenate([a, np.ones((len(a), 1))], 1)
-    b1 = np.concatenate([b, np.ones((len(b), 1))], 1)
-    w = np.linalg.solve(a1.T @ a1 + 1e-2 * len(a1) * np.eye(a1.shape[1]), a1.T @ np.eye(8)[y_tr])
-    return float(((b1 @ w).argmax(1) == y_te).mean())
+    """Held-out accuracy of evaluate_laq's ridge probe on one-hot codes, regressing a
+    one-hot of the 8 directions and taking the argmax."""
+    scores = ridge_predict(
+        onehot_codes(codes_tr, num_codes), np.eye(8)[y_tr], onehot_codes(codes_te, num_codes)
+    )
+    return float((scores.argmax(1) == y_te).mean())
 
 
 @pytest.fixture(scope="module")
