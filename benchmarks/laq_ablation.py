@@ -41,6 +41,7 @@ NORM = [
 ]
 BASE = [*FAITHFUL, *RESIDUAL, *GLOBAL, *LR]
 FLOW = ["--config.model.flow_decoder=True"]
+RVQ = ["--config.model.quantizer=rvq"]
 FSQ = ["--config.model.quantizer=fsq", "--config.dead_code.enabled=False"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -103,6 +104,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*FAITHFUL, *FLOW, *LR, "--config.data.frame_gap=4", *FSQ],
     ),
     "rgl_gap4": ("residual_global_lr with frame gap 4", [*BASE, "--config.data.frame_gap=4"]),
+    "default_rvq": (
+        "metaworld default, but the 4 conv-pooled vectors merged into one latent and "
+        "quantized by residual NSVQ in 4 stages",
+        ["--config=experiments/laq.py:metaworld", *RVQ],
+    ),
+    "default_rvq_attn": (
+        "default_rvq with one attention-pooled latent, added to every decoder token",
+        ["--config=experiments/laq.py:metaworld", *RVQ, *GLOBAL],
+    ),
 }
 
 MEASURES = (
@@ -141,11 +151,25 @@ def summarize(report: dict[str, Any], alarms: int) -> dict[str, Any]:
     }
 
 
-def run_variant(name: str, steps: int, extra: list[str], eval_steps: list[int]) -> dict[str, Any]:
+def run_variant(
+    name: str,
+    steps: int,
+    extra: list[str],
+    eval_steps: list[int],
+    extend: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Trains and evaluates one variant. `extend`: its earlier row, whose run this one
+    continues from its last checkpoint (resumption is exact); the training times add."""
     desc, overrides = VARIANTS[name]
     workdir = os.path.join(ROOT, "runs", "ablation", name)
-    if os.path.exists(os.path.join(workdir, "checkpoints")):
+    if extend is None and os.path.exists(os.path.join(workdir, "checkpoints")):
         raise FileExistsError(f"{workdir} has checkpoints; remove it to re-run {name}")
+    if extend is not None and (
+        extend["steps"] >= steps or extend["overrides"] != [*overrides, *extra]
+    ):
+        raise ValueError(
+            f"--extend {name}: needs more steps than {extend['steps']} and the same overrides"
+        )
     every = min(eval_steps) if eval_steps else steps
     cmd = [
         sys.executable,
@@ -165,7 +189,7 @@ def run_variant(name: str, steps: int, extra: list[str], eval_steps: list[int]) 
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    train_time = time.perf_counter() - t0
+    train_time = time.perf_counter() - t0 + (extend["train_time_s"] if extend else 0.0)
     log = proc.stdout + proc.stderr
     with open(os.path.join(workdir, "train.log"), "w") as f:
         f.write(log)
@@ -178,14 +202,16 @@ def run_variant(name: str, steps: int, extra: list[str], eval_steps: list[int]) 
         "overrides": [*overrides, *extra],
         "steps": steps,
         "train_time_s": round(train_time, 1),
-        "first_collapse_alarm": alarms[0] if alarms else None,
+        "first_collapse_alarm": (extend or {}).get("first_collapse_alarm")
+        or (alarms[0] if alarms else None),
         "evals": {},
     }
     from lapa_jax import evaluate_laq
 
     for s in sorted(set(eval_steps or [steps])):
         report = evaluate_laq.main(["--workdir", workdir, "--step", str(s)])
-        row["evals"][str(s)] = summarize(report, _alarms_until(alarms, s))
+        earlier = extend["evals"][str(extend["steps"])]["collapse_alarms"] if extend else 0
+        row["evals"][str(s)] = summarize(report, _alarms_until(alarms, s) + earlier)
         row["atlas"] = report["atlas"]
     return row
 
@@ -262,6 +288,11 @@ def main() -> None:
         help="comma-separated checkpoint steps to evaluate (default: last)",
     )
     p.add_argument("--table", action="store_true", help="only rewrite the markdown table")
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="continue finished variants' runs to --steps instead of skipping them",
+    )
     p.add_argument("extra", nargs="*", help="more --config overrides for every variant")
     args = p.parse_args()
     rows = load_rows()
@@ -270,10 +301,11 @@ def main() -> None:
         for name in args.variants.split(","):
             if name not in VARIANTS:
                 raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
-            if name in rows:
+            if name in rows and not args.extend:
                 print(f"{name}: already in the table, skipping")
                 continue
-            rows[name] = run_variant(name, args.steps, args.extra, eval_steps)
+            previous = rows.get(name) if args.extend else None
+            rows[name] = run_variant(name, args.steps, args.extra, eval_steps, previous)
             save(rows)
     save(rows)
     print(markdown_table(rows))

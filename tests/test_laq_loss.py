@@ -59,5 +59,35 @@ def test_usage_entropy_needs_nsvq():
     c = laq_experiment.get_config("tiny")
     c.model.quantizer = "fsq"
     c.loss.usage_entropy_weight = 0.1
-    with pytest.raises(ValueError, match="needs the nsvq quantizer"):
+    with pytest.raises(ValueError, match="needs an NSVQ quantizer"):
         LAQTask(c)
+
+
+def test_rvq_dead_codes_are_replaced_per_stage_from_that_stage_residuals():
+    """Stage s's starved codes are re-seeded from stage s's own inputs (its residuals),
+    not from another stage's, and each stage keeps its own usage record."""
+    c = laq_experiment.get_config("tiny")
+    c.model.quantizer = "rvq"
+    c.dead_code.update(dict(source="latents", window=1, threshold=0.5, perturb=0.0))
+    task = LAQTask(c)
+    batch = _batch()
+    params, ts = task.init(jax.random.key(0), batch)
+    params = nn.meta.unbox(params)
+    assert ts["usage"]["batches_used"].shape == (4, 8)
+    _, (_, aux) = task.loss(params, ts, batch, jax.random.key(1), 0)
+    new_params, new_ts, metrics = task.after_update(params, ts, aux, jax.random.key(2), 0)
+    old_cb = np.asarray(params["quantizer"]["codebook"])
+    new_cb = np.asarray(new_params["quantizer"]["codebook"])
+    inputs = np.asarray(aux["quantizer_inputs"])  # [B, stages, D]
+    codes = np.asarray(aux["codes"])
+    replaced = 0
+    for s in range(4):
+        for k in range(8):
+            if k in codes[:, s]:
+                np.testing.assert_array_equal(new_cb[s, k], old_cb[s, k])
+            else:  # unused in this one-batch window: now one of this stage's inputs
+                dist = np.abs(inputs[:, s] - new_cb[s, k]).max(-1)
+                assert dist.min() < 1e-5
+                replaced += 1
+    assert replaced > 0 and int(new_ts["usage"]["replaced_total"].sum()) == replaced
+    assert float(metrics["dead_codes_replaced"]) == replaced

@@ -94,6 +94,21 @@ def test_attention_pooling_gives_position_free_tokens_of_any_count():
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
 
 
+@pytest.mark.parametrize("pool", ["conv", "attention"])
+def test_rvq_encodes_one_latent_into_one_token_per_stage(pool):
+    cfg = tiny_cfg(quantizer="rvq", latent_pool=pool, latent_norm=True)
+    frames = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 3))
+    model, params = _init(cfg, frames)
+    delta = model.apply(params, frames, method=LAQ.latent_difference)
+    assert delta.shape == (2, 1, cfg.latent_dim)
+    out = model.apply(params, frames, train=False)
+    assert out["codes"].shape == (2, 4) and out["quantized"].shape == (2, 4, cfg.latent_dim)
+    unit = np.asarray(delta[:, 0]) / np.linalg.norm(np.asarray(delta[:, 0]), axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(out["quantizer_inputs"][:, 0]), unit, atol=1e-5)
+    decoded = model.apply(params, frames[:, 0], out["codes"], method=LAQ.decode)
+    np.testing.assert_allclose(np.asarray(decoded), np.asarray(out["recon"]), atol=1e-5)
+
+
 def test_decoder_masking_only_in_training():
     cfg = tiny_cfg(decoder_mask_ratio=0.5)
     frames = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 3))

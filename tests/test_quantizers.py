@@ -162,3 +162,39 @@ def test_well_used_codes_are_never_replaced():
     new, usage = run_windows(codebook, all_codes, steps=10)
     np.testing.assert_array_equal(np.asarray(new), np.asarray(codebook))
     assert int(usage["replaced_total"]) == 0
+
+
+def test_residual_nsvq_stages_quantize_what_the_previous_left():
+    m = Q.ResidualNSVQ(num_codes=8, dim=4, num_stages=3)
+    z = jax.random.normal(jax.random.key(0), (32, 1, 4))
+    params = nn.meta.unbox(
+        m.init({"params": jax.random.key(1), "noise": jax.random.key(2)}, z, train=True)
+    )
+    cb = np.asarray(params["params"]["codebook"])  # [stages, K, D]
+    assert cb.shape == (3, 8, 4)
+    out = m.apply(params, z, train=False)
+    inputs, hard, codes = map(np.asarray, (out.inputs, out.hard, out.codes))
+    assert codes.shape == (32, 3) and codes.dtype == np.int32
+    np.testing.assert_allclose(inputs[:, 0], np.asarray(z)[:, 0], rtol=1e-6)
+    for s in range(3):
+        dist = ((inputs[:, s, None, :] - cb[s][None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(codes[:, s], dist.argmin(-1))  # its own codebook
+        np.testing.assert_allclose(hard[:, s], cb[s][codes[:, s]], rtol=1e-6)
+        if s + 1 < 3:
+            np.testing.assert_allclose(inputs[:, s + 1], inputs[:, s] - hard[:, s], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(out.quantized), hard)
+    np.testing.assert_array_equal(
+        np.asarray(m.apply(params, out.codes, method=Q.ResidualNSVQ.lookup)), hard
+    )
+    # The summed code vectors, the approximation of z, are linear in the one-hot codes.
+    onehot = np.eye(8)[codes].reshape(32, -1)
+    np.testing.assert_allclose(onehot @ cb.reshape(-1, 4), hard.sum(1), rtol=1e-5)
+    # Training: each stage's output sits at its quantization error from its input.
+    tr = m.apply(params, z, train=True, rngs={"noise": jax.random.key(3)})
+    np.testing.assert_allclose(
+        np.linalg.norm(np.asarray(tr.quantized) - inputs, axis=-1),
+        np.linalg.norm(inputs - hard, axis=-1),
+        rtol=1e-4,
+    )
+    with pytest.raises(ValueError, match="one vector per sample"):
+        m.apply(params, jnp.zeros((2, 2, 4)), train=False)

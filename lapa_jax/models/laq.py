@@ -48,7 +48,7 @@ class LAQConfig:
     qk_norm: bool = False
     latent_dim: int = 32
     num_latent_tokens: int = 4
-    quantizer: str = "nsvq"  # or "fsq"
+    quantizer: str = "nsvq"  # "fsq"; "rvq": one latent, residual NSVQ in L stages
     codebook_size: int = 8
     codebook_init_scale: float = 1.0
     fsq_levels: tuple[int, ...] = (2, 2, 2)
@@ -79,8 +79,8 @@ class LAQConfig:
             raise ValueError(
                 f"the {self.grid}x{self.grid} patch grid cannot be reduced to {side}x{side} latent tokens"
             )
-        if self.quantizer not in ("nsvq", "fsq"):
-            raise ValueError(f"quantizer must be 'nsvq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer not in ("nsvq", "fsq", "rvq"):
+            raise ValueError(f"quantizer must be 'nsvq', 'fsq' or 'rvq', got {self.quantizer!r}")
         if self.latent_pool not in ("conv", "attention"):
             raise ValueError(f"latent_pool must be 'conv' or 'attention', got {self.latent_pool!r}")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
@@ -101,6 +101,11 @@ class LAQConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def pooled_tokens(self) -> int:
+        """Vectors the encoder emits: one per latent token, or one in all for "rvq"."""
+        return 1 if self.quantizer == "rvq" else self.num_latent_tokens
 
     @property
     def num_codes(self) -> int:
@@ -223,7 +228,11 @@ class Encoder(nn.Module):
             name="conv_reduce",
         )(z)
         z_BTLD = z.reshape(b, t, cfg.num_latent_tokens, cfg.latent_dim).astype(jnp.float32)
-        return z_BTLD[:, -1] - z_BTLD[:, 0]
+        delta_BLD = z_BTLD[:, -1] - z_BTLD[:, 0]
+        if cfg.pooled_tokens == 1 and cfg.num_latent_tokens > 1:
+            flat = delta_BLD.reshape(b, 1, -1)
+            delta_BLD = DenseGeneral(cfg.latent_dim, (None, "latent"), name="merge")(flat)
+        return delta_BLD
 
 
 class LatentPool(nn.Module):
@@ -237,7 +246,7 @@ class LatentPool(nn.Module):
         dt = cfg.jnp_dtype
         diff_BNW = feats_BTNW[:, -1] - feats_BTNW[:, 0]
         diff_BNW = LayerNorm(dtype=dt, name="ln_diff")(diff_BNW)
-        queries = _pos_embedding(self, "queries", (cfg.num_latent_tokens, cfg.width)).astype(dt)
+        queries = _pos_embedding(self, "queries", (cfg.pooled_tokens, cfg.width)).astype(dt)
         q_BLW = jnp.broadcast_to(queries, (diff_BNW.shape[0], *queries.shape))
         q_BLW = _block(cfg, "pool_block", cross=True)(q_BLW, diff_BNW)
         q_BLW = LayerNorm(dtype=dt, name="ln_out")(q_BLW)
@@ -342,6 +351,14 @@ class LAQ(nn.Module):
             self.quantizer = quantizers.NSVQ(
                 cfg.codebook_size, cfg.latent_dim, cfg.codebook_init_scale, cfg.latent_norm
             )
+        elif cfg.quantizer == "rvq":
+            self.quantizer = quantizers.ResidualNSVQ(
+                cfg.codebook_size,
+                cfg.latent_dim,
+                cfg.num_latent_tokens,
+                cfg.codebook_init_scale,
+                cfg.latent_norm,
+            )
         else:
             self.quantizer = quantizers.FSQ(tuple(cfg.fsq_levels), cfg.latent_dim, cfg.fsq_pre_norm)
         self.decoder = Decoder(cfg)
@@ -361,6 +378,7 @@ class LAQ(nn.Module):
             "quantized": q.quantized,
             "hard": q.hard,
             "logits": q.logits,
+            "quantizer_inputs": q.inputs,
         }
 
     def encode(self, frames_BTHWC: jax.Array) -> jax.Array:

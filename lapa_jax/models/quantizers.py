@@ -24,6 +24,7 @@ class QuantizerOutput:
     codes: jax.Array  # [B, L] int32
     hard: jax.Array  # [B, L, D], the code vectors themselves
     logits: jax.Array | None = None  # [B, L, K] negative squared distances (NSVQ only)
+    inputs: jax.Array | None = None  # [B, L, D] what each position's codebook quantized
 
 
 class NSVQ(nn.Module):
@@ -81,12 +82,83 @@ class NSVQ(nn.Module):
         logits_BLK = self._neg_sq_distances(z)
         codes_BL = jnp.argmax(logits_BLK, axis=-1).astype(jnp.int32)
         hard_BLD = self.lookup(codes_BL)
-        if not train:
-            return QuantizerOutput(hard_BLD, codes_BL, hard_BLD, logits_BLK)
-        noise_BLD = jax.random.normal(self.make_rng("noise"), z.shape, jnp.float32)
-        err = jnp.sqrt(jnp.sum((z - hard_BLD) ** 2, -1, keepdims=True) + 1e-12)
-        noise_norm = jnp.sqrt(jnp.sum(noise_BLD**2, -1, keepdims=True) + 1e-12)
-        return QuantizerOutput(z + (err / noise_norm) * noise_BLD, codes_BL, hard_BLD, logits_BLK)
+        out = _noise_substitute(self, z, hard_BLD) if train else hard_BLD
+        return QuantizerOutput(out, codes_BL, hard_BLD, logits_BLK, z)
+
+
+def _noise_substitute(module: nn.Module, z: jax.Array, hard: jax.Array) -> jax.Array:
+    """z moved by the quantization error's length in a random direction."""
+    noise = jax.random.normal(module.make_rng("noise"), z.shape, jnp.float32)
+    err = jnp.sqrt(jnp.sum((z - hard) ** 2, -1, keepdims=True) + 1e-12)
+    noise_norm = jnp.sqrt(jnp.sum(noise**2, -1, keepdims=True) + 1e-12)
+    return z + (err / noise_norm) * noise
+
+
+class ResidualNSVQ(nn.Module):
+    """One latent vector [B, 1, D] quantized in `num_stages` steps (residual VQ), NSVQ's
+    noise substitution at each: stage s quantizes what stages < s left over, with its own
+    codebook, and the decoder sees one token per stage [B, num_stages, D].
+
+    Why (issue 8): with one codebook shared by positions pooled from the same evidence,
+    positions either repeat each other or starve. Here stage s can only describe what the
+    earlier stages missed, and the sum of the chosen code vectors, which approximates the
+    latent, is a linear function of the one-hot codes, so a linear probe on the codes can
+    read whatever a probe on the quantized latent can.
+    """
+
+    num_codes: int
+    dim: int
+    num_stages: int
+    init_scale: float = 1.0
+    normalize: bool = False  # the latent (not the residuals) on the unit sphere
+
+    def setup(self) -> None:
+        def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+            # Residuals shrink stage by stage; so do the initial codes.
+            shrink = 0.5 ** jnp.arange(shape[0], dtype=dtype)[:, None, None]
+            scale = self.init_scale / math.sqrt(shape[-1])
+            return jax.random.normal(key, shape, dtype) * scale * shrink
+
+        self.codebook = self.param(
+            "codebook",
+            nn.with_logical_partitioning(init, (None, "codebook", "latent")),
+            (self.num_stages, self.num_codes, self.dim),
+            jnp.float32,
+        )
+
+    @property
+    def codebook_size(self) -> int:
+        return self.num_codes
+
+    def lookup(self, codes_BL: jax.Array) -> jax.Array:
+        return self.codebook[jnp.arange(self.num_stages), codes_BL]
+
+    def __call__(self, z_BLD: jax.Array, train: bool) -> QuantizerOutput:
+        if z_BLD.shape[1] != 1:
+            raise ValueError(f"ResidualNSVQ quantizes one vector per sample, got {z_BLD.shape}")
+        residual_BD = z_BLD[:, 0].astype(jnp.float32)
+        if self.normalize:
+            residual_BD = _l2_normalize(residual_BD)
+        inputs, logits, codes, hards, outs = [], [], [], [], []
+        for s in range(self.num_stages):
+            cb_KD = self.codebook[s]
+            logits_BK = -(
+                jnp.sum(residual_BD**2, -1, keepdims=True)
+                - 2 * residual_BD @ cb_KD.T
+                + jnp.sum(cb_KD**2, -1)
+            )
+            code_B = jnp.argmax(logits_BK, -1).astype(jnp.int32)
+            hard_BD = cb_KD[code_B]
+            outs.append(_noise_substitute(self, residual_BD, hard_BD) if train else hard_BD)
+            inputs.append(residual_BD)
+            logits.append(logits_BK)
+            codes.append(code_B)
+            hards.append(hard_BD)
+            residual_BD = residual_BD - hard_BD
+        stack = lambda xs: jnp.stack(xs, axis=1)  # noqa: E731
+        return QuantizerOutput(
+            stack(outs), stack(codes), stack(hards), stack(logits), stack(inputs)
+        )
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -139,7 +211,7 @@ class FSQ(nn.Module):
         _, basis, half_width = self._consts()
         codes_BL = jnp.sum((jnp.round(bounded) + half_width).astype(jnp.int32) * basis, -1)
         out = self.proj_out(rounded / half_width)
-        return QuantizerOutput(out, codes_BL, jax.lax.stop_gradient(out))
+        return QuantizerOutput(out, codes_BL, jax.lax.stop_gradient(out), inputs=z_BLD)
 
     def lookup(self, codes_BL: jax.Array) -> jax.Array:
         levels, basis, half_width = self._consts()
@@ -148,7 +220,7 @@ class FSQ(nn.Module):
 
 
 def codebook_size(kind: str, num_codes: int, levels: Sequence[int]) -> int:
-    return num_codes if kind == "nsvq" else math.prod(levels)
+    return math.prod(levels) if kind == "fsq" else num_codes
 
 
 # ---- dead-code replacement (NSVQ) -----------------------------------------------------

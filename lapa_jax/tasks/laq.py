@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -77,9 +78,9 @@ class LAQTask(Task):
             raise ValueError(
                 f"loss.usage_entropy_temperature must be > 0, got {self.usage_entropy_temperature}"
             )
-        if self.usage_entropy_weight > 0 and self.model_cfg.quantizer != "nsvq":
+        if self.usage_entropy_weight > 0 and self.model_cfg.quantizer == "fsq":
             raise ValueError(
-                "loss.usage_entropy_weight needs the nsvq quantizer (FSQ has no logits)"
+                "loss.usage_entropy_weight needs an NSVQ quantizer (FSQ has no logits)"
             )
         self.model = LAQ(self.model_cfg)
         self._recon_fn = None
@@ -99,8 +100,12 @@ class LAQTask(Task):
             {"params": k_params, "noise": k_noise}, batch["frames"], train=True
         )
         k = self.model_cfg.num_codes
+        usage = quantizers.init_usage_state(k)
+        if self.model_cfg.quantizer == "rvq":  # one codebook, one usage record per stage
+            stages = self.model_cfg.num_latent_tokens
+            usage = jax.tree.map(lambda x: jnp.stack([x] * stages), usage)
         task_state = {
-            "usage": quantizers.init_usage_state(k),
+            "usage": usage,
             # EMA of per-position code counts: usage and perplexity "over a window".
             "code_ema": jnp.zeros((self.model_cfg.num_latent_tokens, k), jnp.float32),
         }
@@ -145,14 +150,16 @@ class LAQTask(Task):
             "codes_used_batch": jnp.sum(pooled > 0).astype(jnp.float32),
             "perplexity_batch": perplexity(pooled),
             "quant_error": jnp.mean(
-                jnp.linalg.norm(out["delta"] - jax.lax.stop_gradient(out["hard"]), axis=-1)
+                jnp.linalg.norm(
+                    out["quantizer_inputs"] - jax.lax.stop_gradient(out["hard"]), axis=-1
+                )
             ),
             "delta_norm": jnp.mean(jnp.linalg.norm(out["delta"], axis=-1)),
         }
         aux = {
             "codes": codes_BL,
             "counts_LK": counts_LK,
-            "delta": jax.lax.stop_gradient(out["delta"]),
+            "quantizer_inputs": jax.lax.stop_gradient(out["quantizer_inputs"]),
         }
         return loss, (metrics, aux)
 
@@ -165,22 +172,37 @@ class LAQTask(Task):
         )
         usage = task_state["usage"]
         dc = cfg.dead_code
-        if self.model_cfg.quantizer == "nsvq" and dc.enabled:
-            codebook = params["quantizer"]["codebook"]
-            delta = aux["delta"].reshape(-1, aux["delta"].shape[-1])
-            new_codebook, usage = quantizers.replace_dead_codes(
-                codebook,
-                usage,
-                aux["codes"],
-                delta,
-                step,
-                rng,
+        if self.model_cfg.quantizer != "fsq" and dc.enabled:
+            replace = functools.partial(
+                quantizers.replace_dead_codes,
+                step=step,
                 window=dc.window,
                 threshold=dc.threshold,
                 until_step=dc.until_step,
                 source=dc.source,
                 perturb=dc.perturb,
             )
+            codebook = params["quantizer"]["codebook"]
+            inputs_BLD = aux["quantizer_inputs"]
+            if self.model_cfg.quantizer == "rvq":  # each stage from its own residuals
+                stages = codebook.shape[0]
+                new_codebook, usage = jax.vmap(
+                    lambda cb, u, c, x, r: replace(cb, u, c[:, None], x, rng=r)
+                )(
+                    codebook,
+                    usage,
+                    aux["codes"].T,
+                    inputs_BLD.transpose(1, 0, 2),
+                    jax.random.split(rng, stages),
+                )
+            else:
+                new_codebook, usage = replace(
+                    codebook,
+                    usage,
+                    aux["codes"],
+                    inputs_BLD.reshape(-1, inputs_BLD.shape[-1]),
+                    rng=rng,
+                )
             params = {**params, "quantizer": {**params["quantizer"], "codebook": new_codebook}}
         per_pos_ppl = perplexity(code_ema)
         metrics = {
@@ -190,8 +212,8 @@ class LAQTask(Task):
             ),
             "perplexity_window": perplexity(code_ema.sum(0)),
             "min_perplexity_per_position": jnp.min(per_pos_ppl),
-            "dead_codes_replaced": usage["last_replaced"].astype(jnp.float32),
-            "dead_codes_replaced_total": usage["replaced_total"].astype(jnp.float32),
+            "dead_codes_replaced": usage["last_replaced"].sum().astype(jnp.float32),
+            "dead_codes_replaced_total": usage["replaced_total"].sum().astype(jnp.float32),
         }
         return params, {"usage": usage, "code_ema": code_ema}, metrics
 
