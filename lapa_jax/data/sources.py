@@ -12,6 +12,7 @@ data when the folder is writable.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -53,13 +54,6 @@ def _flat_keys(feature: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _nested(path: str, leaf: Any) -> dict[str, Any]:
-    out: Any = leaf
-    for part in reversed(path.split("/")):
-        out = {part: out}
-    return out
-
-
 def decode_image(data: Any, where: str) -> np.ndarray:
     """PNG/JPEG bytes or an array -> uint8 [H, W, 3]."""
     if isinstance(data, bytes | np.bytes_):
@@ -89,6 +83,88 @@ def _text(value: Any) -> str:
     if isinstance(value, np.ndarray) and value.shape == ():
         return _text(value.item())
     return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepsInfo:
+    image_shape: tuple[int | None, ...]
+    image_is_encoded: bool
+    action_dim: int
+
+
+def check_steps_spec(features: Any, spec: DatasetSpec, where: str) -> StepsInfo:
+    """Checks that a dataset's step features hold what the spec names, with usable types
+    and shapes; a mismatch raises a DataError listing the keys that are there."""
+    if "steps" not in features:
+        raise DataError(f"{where}: not an RLDS dataset (no 'steps' feature)")
+    steps = features["steps"].feature
+    available = _flat_keys(steps)
+    where = f"{where} with spec {spec.name!r}"
+
+    def feature(key: str, role: str) -> Any:
+        try:
+            return _get_path(steps, key)
+        except (KeyError, TypeError):
+            raise DataError(
+                f"{where}: {role} key {key!r} is not in the steps; available keys: {available}"
+            ) from None
+
+    image = feature(spec.image_key, "image")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or shape[-1] not in (1, 3, None):
+        raise DataError(
+            f"{where}: image key {spec.image_key!r} has shape {shape}, expected [H, W, 3]"
+        )
+    if np.dtype(image.np_dtype) != np.uint8:
+        raise DataError(
+            f"{where}: image key {spec.image_key!r} has dtype {image.np_dtype}, expected uint8"
+        )
+    if spec.instruction_key is not None:
+        instr = feature(spec.instruction_key, "instruction")
+        if type(instr).__name__ != "Text" and np.dtype(instr.np_dtype).kind not in "SUO":
+            raise DataError(f"{where}: instruction key {spec.instruction_key!r} is not text")
+    action_dim = 0
+    for key in spec.action_keys or ():
+        act = feature(key, "action")
+        kind = np.dtype(act.np_dtype).kind
+        if kind not in "fiub":
+            raise DataError(f"{where}: action key {key!r} has non-numeric dtype {act.np_dtype}")
+        act_shape = tuple(act.shape)
+        if len(act_shape) > 1 or None in act_shape:
+            raise DataError(
+                f"{where}: action key {key!r} has shape {act_shape}, expected [] or [n]"
+            )
+        action_dim += int(np.prod(act_shape)) if act_shape else 1
+    for key, role in ((spec.state_key, "state"), (spec.latent_action_key, "latent action")):
+        if key is not None:
+            feature(key, role)
+    return StepsInfo(shape, type(image).__name__ == "Image", action_dim)
+
+
+def image_feature_paths(feature: Any, prefix: str = "") -> list[str]:
+    """'/'-paths of every encoded Image feature under a FeaturesDict (e.g. the steps)."""
+    paths = []
+    for k in feature.keys():  # noqa: SIM118 (a FeaturesDict, not a dict)
+        sub = feature[k]
+        if type(sub).__name__ == "FeaturesDict":
+            paths.extend(image_feature_paths(sub, f"{prefix}{k}/"))
+        elif type(sub).__name__ == "Image":
+            paths.append(f"{prefix}{k}")
+    return paths
+
+
+def skip_decoding(paths: list[str]) -> dict[str, Any]:
+    """A TFDS `decoders` tree that keeps the images at `paths` (under steps) encoded."""
+    import tensorflow_datasets as tfds
+
+    tree: dict[str, Any] = {}
+    for path in paths:
+        node = tree
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tfds.decode.SkipDecoding()
+    return {"steps": tree}
 
 
 class EpisodeSource:
@@ -155,57 +231,10 @@ class EpisodeSource:
             raise DataError(f"{self._where()}: no such split; splits: {list(builder.info.splits)}")
 
     def _check_spec(self, builder: Any) -> None:
-        features = builder.info.features
-        if "steps" not in features:
-            raise DataError(f"{self._where()}: not an RLDS dataset (no 'steps' feature)")
-        steps = features["steps"].feature
-        available = _flat_keys(steps)
-        where = f"{self._where()} with spec {self.spec.name!r}"
-
-        def feature(key: str, role: str) -> Any:
-            try:
-                return _get_path(steps, key)
-            except (KeyError, TypeError):
-                raise DataError(
-                    f"{where}: {role} key {key!r} is not in the steps; available keys: {available}"
-                ) from None
-
-        image = feature(self.spec.image_key, "image")
-        shape = tuple(image.shape)
-        if len(shape) != 3 or shape[-1] not in (1, 3, None):
-            raise DataError(
-                f"{where}: image key {self.spec.image_key!r} has shape {shape}, expected [H, W, 3]"
-            )
-        if np.dtype(image.np_dtype) != np.uint8:
-            raise DataError(
-                f"{where}: image key {self.spec.image_key!r} has dtype {image.np_dtype}, expected uint8"
-            )
-        self._image_is_encoded = type(image).__name__ == "Image"
-        self.image_shape = shape
-        if self.spec.instruction_key is not None:
-            instr = feature(self.spec.instruction_key, "instruction")
-            if type(instr).__name__ != "Text" and np.dtype(instr.np_dtype).kind not in "SUO":
-                raise DataError(
-                    f"{where}: instruction key {self.spec.instruction_key!r} is not text"
-                )
-        self.action_dim = 0
-        for key in self.spec.action_keys or ():
-            act = feature(key, "action")
-            kind = np.dtype(act.np_dtype).kind
-            if kind not in "fiub":
-                raise DataError(f"{where}: action key {key!r} has non-numeric dtype {act.np_dtype}")
-            act_shape = tuple(act.shape)
-            if len(act_shape) > 1 or None in act_shape:
-                raise DataError(
-                    f"{where}: action key {key!r} has shape {act_shape}, expected [] or [n]"
-                )
-            self.action_dim += int(np.prod(act_shape)) if act_shape else 1
-        for key, role in (
-            (self.spec.state_key, "state"),
-            (self.spec.latent_action_key, "latent action"),
-        ):
-            if key is not None:
-                feature(key, role)
+        info = check_steps_spec(builder.info.features, self.spec, self._where())
+        self._image_is_encoded = info.image_is_encoded
+        self.image_shape = info.image_shape
+        self.action_dim = info.action_dim
 
     @property
     def source(self) -> Any:
@@ -213,13 +242,9 @@ class EpisodeSource:
         if self._source is None:
             with self._lock:  # Grain reads from several threads
                 if self._source is None:
-                    import tensorflow_datasets as tfds
-
                     decoders = None
                     if self._image_is_encoded:
-                        decoders = {
-                            "steps": _nested(self.spec.image_key, tfds.decode.SkipDecoding())
-                        }
+                        decoders = skip_decoding([self.spec.image_key])
                     self._source = self._builder().as_data_source(self.split, decoders=decoders)
         return self._source
 
