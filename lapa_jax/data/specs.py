@@ -115,7 +115,15 @@ OXE_BRIDGE = DatasetSpec(
     description="The Open-X Embodiment copy of Bridge (dict action, instruction in the observation).",
 )
 
-REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in (METAWORLD, BRIDGE, OXE_BRIDGE)}
+VIDEO = DatasetSpec(
+    name="video",
+    image_key="observation/image",
+    instruction_key="language_instruction",
+    action_keys=None,
+    description="Action-free episodes from data_pipelines.videos_to_rlds (human or robot video).",
+)
+
+REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in (METAWORLD, BRIDGE, OXE_BRIDGE, VIDEO)}
 
 
 def register(spec: DatasetSpec) -> None:
