@@ -96,8 +96,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*FAITHFUL, *FLOW, *LR, "--config.data.frame_gap=4", *NORM, *GLOBAL],
     ),
     "metaworld_default": (
-        "experiments/laq.py:metaworld as it now stands (= flow_lr_gap4_norm)",
-        ["--config=experiments/laq.py:metaworld"],
+        "the previous metaworld default (= flow_lr_gap4_norm: one codebook, conv pooling)",
+        ["--config=experiments/laq.py:metaworld", "--config.model.quantizer=nsvq"],
     ),
     "flow_lr_gap4_fsq": (
         "flow_lr_gap4 with FSQ (2,2,2) instead of NSVQ",
@@ -105,8 +105,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "rgl_gap4": ("residual_global_lr with frame gap 4", [*BASE, "--config.data.frame_gap=4"]),
     "default_rvq": (
-        "metaworld default, but the 4 conv-pooled vectors merged into one latent and "
-        "quantized by residual NSVQ in 4 stages",
+        "flow_lr_gap4_norm with the 4 conv-pooled vectors merged into one latent and "
+        "quantized by residual NSVQ in 4 stages (the metaworld default since)",
         ["--config=experiments/laq.py:metaworld", *RVQ],
     ),
     "default_rvq_attn": (

@@ -727,7 +727,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip_bad_episodes", action="store_true", help="skip and record them")
     p.add_argument("--process_index", type=int, default=None)
     p.add_argument("--process_count", type=int, default=None)
-    p.add_argument("--cpu_devices", type=int, default=0, help="simulate N CPU devices")
+    p.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="split a CPU host into N devices (data parallel over cores; default: one per "
+        "core; no effect on accelerators)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.cpu_devices:
         import jax

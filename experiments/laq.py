@@ -25,6 +25,9 @@ ISSUE8_RECIPE = {
     "model.latent_norm": True,  # NSVQ with cosine distance
     "dead_code.source": "latents",  # re-seed starved codes from this batch's latents
     "dead_code.until_step": -1,  # ... for the whole run
+    # One latent, residual NSVQ in 4 stages with a codebook each: every stage uses all
+    # its codes (no position collapses), with the action probe of the best conv recipe.
+    "model.quantizer": "rvq",
 }
 
 
