@@ -151,6 +151,30 @@ def test_killed_run_resumes_to_the_same_dataset(metaworld_dir, full_run, labelle
         _assert_same(_read_all(labelled), _read_all(dst))
 
 
+def test_two_processes_label_one_dataset(metaworld_dir, full_run, labelled, tmp_path):
+    """Each process labels every other chunk; process 0 waits for all and writes the
+    metadata. The result equals the single-process dataset."""
+    laq, _ = full_run
+    dst = str(tmp_path / "two")
+    env = dict(os.environ, PYTHONPATH=rlds_fixtures.REPO)
+    env.pop("XLA_FLAGS", None)
+    procs = []
+    for index in (1, 0):  # the helper starts first: it must wait for process 0's claim
+        cmd = [sys.executable, "-m", MODULE, "--src", metaworld_dir, "--spec", "metaworld"]
+        cmd += ["--laq_workdir", laq, "--dst", dst, "--batch_size", "16", "--chunk_episodes", "1"]
+        cmd += ["--save_vectors", "--process_index", str(index), "--process_count", "2"]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=rlds_fixtures.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    for split in ("train", "val"):
+        _assert_same(_read_all(labelled, split), _read_all(dst, split))
+
+
 def test_non_square_dict_action_tfrecord_input(full_run, tmp_path):
     laq, _ = full_run
     src = rlds_fixtures.write_in_subprocess(
