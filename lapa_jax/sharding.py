@@ -103,6 +103,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("patch", None),
     ("latent", None),
     ("codebook", None),
+    ("layers", None),  # the stacked axis of scanned blocks
+    ("kv_heads", None),  # grouped-query attention: often fewer kv heads than tensor shards
+    ("embed_vit", None),  # the ViT side of its projection into the language model
 )
 
 

@@ -62,6 +62,25 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
 
 
+def _zero_subtrees(names: tuple[str, ...]) -> optax.GradientTransformation:
+    def init(params: Any) -> optax.EmptyState:
+        missing = sorted(set(names) - set(params))
+        if missing:
+            raise ValueError(
+                f"optimizer.frozen names {missing}, not top-level parameters {sorted(params)}"
+            )
+        return optax.EmptyState()
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        zeroed = {
+            k: jax.tree.map(jnp.zeros_like, v) if k in names else v for k, v in updates.items()
+        }
+        return zeroed, state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     opt: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -77,7 +96,15 @@ def make_optimizer(
     parts = (
         [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip and opt.grad_clip > 0 else []
     )
-    return optax.chain(*parts, core), schedule
+    frozen = tuple(opt.get("frozen", ()) or ())
+    if not frozen:
+        return optax.chain(*parts, core), schedule
+    # Frozen subtrees (top-level parameter names, e.g. "vision"): their gradients are
+    # zeroed before clipping and their updates after the optimizer, weight decay
+    # included. The state keeps its shape, so shardings and checkpoints do not change.
+    zero = _zero_subtrees(frozen)
+    tx = optax.chain(zero, *parts, core, zero)
+    return tx, schedule
 
 
 class Trainer:
@@ -238,6 +265,14 @@ class Trainer:
                 if t.image_every and (done % t.image_every == 0 or done == t.steps):
                     for name, img in self.task.summaries(state.params, host_batch).items():
                         writer.write_image(done, name, img)
+                eval_every = t.get("eval_every", 0)
+                if eval_every and (done % eval_every == 0 or done == t.steps):
+                    with self.mesh, nn.logical_axis_rules(self.rules):
+                        report = self.task.evaluate(state.params, self.mesh)
+                    if report:
+                        writer.write_scalars(
+                            done, {f"eval_{k}": float(v) for k, v in report.items()}
+                        )
                 if done % t.checkpoint_every == 0 or done == t.steps:
                     if not bool(jax.device_get(state.all_finite)):
                         raise NonFiniteLossError(

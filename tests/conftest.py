@@ -74,3 +74,39 @@ def full_run(metaworld_dir: str, tmp_path_factory: pytest.TempPathFactory):
     workdir = str(tmp_path_factory.mktemp("full"))
     state = Trainer(tiny_laq_config(metaworld_dir), workdir).run()
     return workdir, jax.device_get(state)
+
+
+@pytest.fixture(scope="session")
+def labelled_dir(metaworld_dir: str, full_run, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Meta-World dataset labelled by the tiny quantizer (one shard per episode,
+    code vectors kept), through the labeller's CLI in a subprocess (it imports TF)."""
+    laq, _ = full_run
+    dst = str(tmp_path_factory.mktemp("labelled") / "ds")
+    rlds_fixtures.run_module_or_code(
+        module_args=[
+            "data_pipelines.label_latent_actions",
+            "--src",
+            metaworld_dir,
+            "--spec",
+            "metaworld",
+            "--laq_workdir",
+            laq,
+            "--dst",
+            dst,
+            "--batch_size",
+            "16",
+            "--chunk_episodes",
+            "1",
+            "--save_vectors",
+        ]
+    )
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(labelled_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from data_pipelines.train_tokenizer import train
+
+    out = str(tmp_path_factory.mktemp("tokenizer") / "tok.model")
+    train([labelled_dir], [os.path.join(labelled_dir, "lapa_spec.json")], out, vocab_size=300)
+    return out

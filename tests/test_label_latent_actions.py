@@ -73,11 +73,9 @@ def _assert_same(a: list[dict], b: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def labelled(metaworld_dir, full_run, tmp_path_factory):
-    laq, _ = full_run
-    dst = str(tmp_path_factory.mktemp("labelled") / "ds")
-    _label(metaworld_dir, "metaworld", laq, dst, "--chunk_episodes", "1", "--save_vectors")
-    return dst
+def labelled(labelled_dir):
+    """Labelled by _label's arguments with --chunk_episodes 1 --save_vectors (conftest)."""
+    return labelled_dir
 
 
 def test_labels_are_the_quantizers_codes_and_everything_else_is_kept(

@@ -10,4 +10,8 @@ def get_task(name: str) -> type[Task]:
         from lapa_jax.tasks.laq import LAQTask
 
         return LAQTask
-    raise ValueError(f"unknown task {name!r}; known tasks: ['laq']")
+    if name == "latent_pretrain":
+        from lapa_jax.tasks.latent_pretrain import LatentPretrainTask
+
+        return LatentPretrainTask
+    raise ValueError(f"unknown task {name!r}; known tasks: ['laq', 'latent_pretrain']")

@@ -54,6 +54,12 @@ class Task(abc.ABC):
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True) -> Any:
         """-> a Grain IterDataset of host batches (checkpointable iterators)."""
 
+    def evaluate(self, params: Any, mesh: Any) -> dict[str, Any]:
+        """Held-out measures, run by the trainer every `train.eval_every` steps and at
+        the end (when set); numbers only, logged with an "eval_" prefix."""
+        del params, mesh
+        return {}
+
     def summaries(self, params: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         """Images for the log (e.g. reconstruction grids); called on host, rarely."""
         del params, batch

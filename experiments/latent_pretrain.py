@@ -1,0 +1,179 @@
+"""Latent pretraining (stage 2). Variants: tiny, metaworld, 1b, 7b.
+
+    python -m lapa_jax.train --config experiments/latent_pretrain.py:metaworld \
+        --workdir runs/latent --config.data.dir=data/metaworld_latent \
+        --config.data.tokenizer=data/tokenizer.model
+
+Data: a dataset written by data_pipelines.label_latent_actions (its lapa_spec.json
+names the latent action key) and a sentencepiece model (data_pipelines.train_tokenizer,
+or any existing .model file). `tiny` is for tests; `metaworld` trains on this CPU;
+`1b` and `7b` are pod / GPU-mesh configurations (scanned, rematerialized, bf16, FSDP
+plus tensor parallelism), checked here only by shape.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lapa_jax.sharding import DEFAULT_RULES
+
+VARIANTS = ("tiny", "metaworld", "1b", "7b")
+
+
+def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown latent_pretrain variant {variant!r}; choose one of {VARIANTS}")
+    c = ml_collections.ConfigDict()
+    c.task = "latent_pretrain"
+    c.variant = variant
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = "data/metaworld_latent"
+    c.data.spec = "data/metaworld_latent/lapa_spec.json"
+    c.data.tokenizer = "data/tokenizer.model"
+    c.data.split = "train"
+    c.data.eval_split = "val"
+    c.data.image_size = 64
+    c.data.resize_mode = "crop"
+    c.data.worker_count = 0
+    c.data.read_threads = 2
+
+    c.model = ml_collections.ConfigDict(
+        dict(
+            image_size=64,
+            patch_size=8,
+            channels=3,
+            vit_width=128,
+            vit_depth=2,
+            vit_heads=4,
+            vit_mlp=512,
+            width=256,
+            depth=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            mlp=1024,
+            vocab_size=0,  # 0: the tokenizer's
+            max_text_len=24,
+            num_latent_tokens=4,
+            latent_codes=8,
+            rope_base=10_000.0,
+            freeze_vision=False,
+            scan_layers=False,
+            remat=False,
+            dtype="bfloat16",
+        )
+    )
+    c.text_loss_weight = 0.0  # the paper adds a tiny text loss; off by default
+
+    # The paper: AdamW, lr 2e-5 constant (a pretrained 7B model). From scratch on small
+    # data a larger, decaying rate works better.
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            lr=3e-4,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.01,
+            grad_clip=1.0,
+            schedule="cosine",
+            warmup_steps=100,
+            final_lr_fraction=0.1,
+            frozen=[],  # top-level parameter names, e.g. ["vision"]
+        )
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            steps=2000,
+            batch_size=32,
+            seed=0,
+            log_every=25,
+            image_every=0,
+            eval_every=500,
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            async_checkpoints=True,
+            progress_bar=True,
+        )
+    )
+    c.eval_max_steps = 512
+    c.eval_batch_size = 64
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.sharding_rules = [
+        list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])] for r in DEFAULT_RULES
+    ]
+
+    if variant == "tiny":
+        c.data.image_size = 16
+        c.model.update(
+            dict(
+                image_size=16,
+                patch_size=4,
+                vit_width=32,
+                vit_depth=1,
+                vit_heads=2,
+                vit_mlp=64,
+                width=32,
+                depth=2,
+                num_heads=4,
+                num_kv_heads=2,
+                head_dim=8,
+                mlp=64,
+                max_text_len=16,
+                dtype="float32",
+            )
+        )
+        c.optimizer.update(dict(lr=3e-3, warmup_steps=2))
+        c.train.update(
+            dict(
+                steps=6,
+                batch_size=8,
+                log_every=2,
+                eval_every=6,
+                checkpoint_every=3,
+                progress_bar=False,
+            )
+        )
+        c.eval_max_steps = 16
+        c.eval_batch_size = 8
+    elif variant in ("1b", "7b"):
+        c.data.image_size = 224
+        c.model.update(dict(image_size=224, patch_size=14, scan_layers=True, remat=True))
+        c.model.max_text_len = 64
+        c.optimizer.update(dict(lr=2e-5, schedule="constant", warmup_steps=500))
+        c.train.update(dict(steps=70_000, batch_size=256, eval_every=5000, checkpoint_every=2000))
+        c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+        if variant == "1b":  # ViT-B/14 + a Gemma-2B-like decoder, 12 layers
+            c.model.update(
+                dict(
+                    vit_width=768,
+                    vit_depth=12,
+                    vit_heads=12,
+                    vit_mlp=3072,
+                    width=2048,
+                    depth=12,
+                    num_heads=8,
+                    num_kv_heads=1,
+                    head_dim=256,
+                    mlp=8192,
+                    vocab_size=32_000,
+                )
+            )
+        else:  # a So400m-sized ViT + a LLaMA/Mistral-7B-like decoder with GQA
+            c.model.update(
+                dict(
+                    vit_width=1152,
+                    vit_depth=27,
+                    vit_heads=16,
+                    vit_mlp=4304,
+                    width=4096,
+                    depth=32,
+                    num_heads=32,
+                    num_kv_heads=8,
+                    head_dim=128,
+                    mlp=14336,
+                    vocab_size=32_000,
+                )
+            )
+    return c
