@@ -64,6 +64,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             dtype="bfloat16",
         )
     )
+    # Pretrained weights for a run that starts from scratch: a run folder of ours, or a
+    # PaliGemma .npz in big_vision's layout (see lapa_jax/pretrained.py), per part.
+    c.init = ml_collections.ConfigDict(dict(vision_from="", language_from="", step=-1))
     c.text_loss_weight = 0.0  # the paper adds a tiny text loss; off by default
 
     # The paper: AdamW, lr 2e-5 constant (a pretrained 7B model). From scratch on small

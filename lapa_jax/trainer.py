@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 
 from lapa_jax import sharding
 from lapa_jax.checkpointing import Checkpointer, abstract_with_shardings
@@ -128,6 +129,7 @@ class Trainer:
                 f"train.batch_size {t.batch_size} is not divisible by the data-parallel size {dp}"
             )
         self.tx, self.schedule = make_optimizer(config.optimizer, t.steps)
+        self.pretrained_report: dict[str, Any] = {}
         self._build()
 
     # ---- construction --------------------------------------------------------------
@@ -167,7 +169,18 @@ class Trainer:
 
     def init_state(self) -> TrainState:
         with self.mesh, nn.logical_axis_rules(self.rules):
-            return self._init_fn(jax.random.PRNGKey(self.config.train.seed))
+            state = self._init_fn(jax.random.PRNGKey(self.config.train.seed))
+        flat = traverse_util.flatten_dict(state.params, sep="/")
+        arrays, self.pretrained_report = self.task.pretrained(
+            {k: tuple(v.shape) for k, v in flat.items()}
+        )
+        if not arrays:
+            return state
+        # Placed straight into each parameter's sharding, one array at a time.
+        for path, arr in arrays.items():
+            leaf = flat[path]
+            flat[path] = jax.device_put(np.asarray(arr, leaf.dtype), leaf.sharding)
+        return state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
 
     def num_params(self) -> int:
         return int(sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params)))
@@ -227,6 +240,8 @@ class Trainer:
             log.info("Resumed from step %d", start)
         else:
             state, start = self.init_state(), 0
+            if self.pretrained_report:
+                log.info("Initialised from pretrained weights: %s", self.pretrained_report)
         writer = MetricWriter(self.workdir, t.steps, start, progress=t.progress_bar)
         writer.message(
             f"[{self.task.name}] {self.num_params() / 1e6:.2f}M parameters, mesh {dict(self.mesh.shape)}, "

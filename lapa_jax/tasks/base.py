@@ -54,6 +54,14 @@ class Task(abc.ABC):
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True) -> Any:
         """-> a Grain IterDataset of host batches (checkpointable iterators)."""
 
+    def pretrained(
+        self, target_shapes: dict[str, tuple[int, ...]]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays ('/'-joined parameter paths) that replace freshly initialised ones when
+        a run starts from scratch, and a report of their origin; none by default."""
+        del target_shapes
+        return {}, {}
+
     def evaluate(self, params: Any, mesh: Any) -> dict[str, Any]:
         """Held-out measures, run by the trainer every `train.eval_every` steps and at
         the end (when set); numbers only, logged with an "eval_" prefix."""

@@ -121,6 +121,11 @@ class LatentPretrainTask(Task):
         )
         return variables["params"], {}
 
+    def pretrained(self, target_shapes):
+        from lapa_jax.pretrained import pretrained_arrays
+
+        return pretrained_arrays(self.config.get("init"), target_shapes)
+
     # ---- loss ----------------------------------------------------------------------
 
     def loss(self, params, task_state, batch, rng, step):
