@@ -26,3 +26,20 @@ def write_result(path: str, benchmark: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
+
+
+def time_train_steps(trainer: Any, state: Any, host_batch: Any, steps: int) -> dict[str, Any]:
+    """One warm-up step (compilation), then `steps` timed steps on the same batch."""
+    import jax
+
+    t0 = time.perf_counter()
+    state, metrics = trainer.train_step(state, host_batch)
+    jax.block_until_ready(metrics["loss"])
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = trainer.train_step(state, host_batch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - t0)
+    return {"state": state, "metrics": metrics, "warmup_s": warm, "times": times}

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import time_train_steps, write_result
 from experiments import laq as laq_experiment
 from lapa_jax.trainer import Trainer
 
@@ -31,9 +31,9 @@ from lapa_jax.trainer import Trainer
 PYTORCH_REFERENCE = {"small": 12.0, "paper": 0.34}
 
 
-def matmul_gflops(n: int = 2048, reps: int = 20) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_gflops(n: int = 2048, reps: int = 20, dtype: Any = jnp.float32) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
     f(a, b).block_until_ready()
     t0 = time.perf_counter()
@@ -74,16 +74,8 @@ def bench(name: str, steps: int, batch: int | None, dtype: str) -> dict[str, Any
     cost = trainer._step_fn.lower(state, g).cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    t0 = time.perf_counter()
-    state, m = trainer.train_step(state, batch_np)  # warm-up (also checks it runs)
-    jax.block_until_ready(m["loss"])
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = trainer.train_step(state, batch_np)
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t0)
+    timed = time_train_steps(trainer, state, batch_np, steps)
+    m, warm, times = timed["metrics"], timed["warmup_s"], timed["times"]
     step_s = float(np.median(times))
     bs = cfg.train.batch_size
     result = {

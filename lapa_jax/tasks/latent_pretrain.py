@@ -82,9 +82,14 @@ class LatentPretrainTask(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         d = config.data
-        self.tokenizer = Tokenizer(d.tokenizer)
         model = dict(config.model.to_dict())
-        if model.get("vocab_size", 0) in (0, None):
+        # No tokenizer is needed to build the model when its vocabulary size is given
+        # (shape checks, benchmarks on random tokens); reading data needs one.
+        self.tokenizer = Tokenizer(d.tokenizer) if d.tokenizer else None
+        if self.tokenizer is None:
+            if not model.get("vocab_size"):
+                raise ValueError("set data.tokenizer (a sentencepiece .model) or model.vocab_size")
+        elif model.get("vocab_size", 0) in (0, None):
             model["vocab_size"] = self.tokenizer.vocab_size
         elif model["vocab_size"] < self.tokenizer.vocab_size:
             raise ValueError(
@@ -167,6 +172,8 @@ class LatentPretrainTask(Task):
 
     def step_source(self, split: str) -> PromptedSteps:
         d = self.config.data
+        if self.tokenizer is None:
+            raise ValueError("reading data needs data.tokenizer (a sentencepiece .model file)")
         source = EpisodeSource(d.dir, d.spec, split)
         if source.spec.latent_action_key is None:
             raise DataError(
