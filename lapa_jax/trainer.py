@@ -130,6 +130,7 @@ class Trainer:
             )
         self.tx, self.schedule = make_optimizer(config.optimizer, t.steps)
         self.pretrained_report: dict[str, Any] = {}
+        self._step_flops: float | None = None
         self._build()
 
     # ---- construction --------------------------------------------------------------
@@ -214,6 +215,18 @@ class Trainer:
         )
         return new_state, metrics
 
+    def step_flops(self, state: TrainState, host_batch: dict[str, Any]) -> float:
+        """FLOPs of one train step over all devices, from XLA's cost analysis of the
+        lowered (not yet partitioned) step; 0 where the backend gives none."""
+        batch = sharding.host_batch_to_global(_numeric(host_batch), self.mesh)
+        try:
+            with self.mesh, nn.logical_axis_rules(self.rules):
+                cost = self._step_fn.lower(state, batch).cost_analysis()
+        except Exception:  # an optional metric must never stop training
+            return 0.0
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        return float((cost or {}).get("flops", 0.0))
+
     def train_step(
         self, state: TrainState, host_batch: dict[str, Any]
     ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -273,6 +286,15 @@ class Trainer:
                     dt = time.perf_counter() - window_t0
                     scalars["step_time_s"] = dt / window_steps
                     scalars["samples_per_s"] = window_steps * t.batch_size / dt
+                    tokens = self.task.tokens_per_example()
+                    if tokens:
+                        scalars["tokens_per_s"] = scalars["samples_per_s"] * tokens
+                    if self._step_flops is None:
+                        self._step_flops = self.step_flops(state, host_batch)
+                    if self._step_flops:
+                        scalars["model_gflops_per_s"] = (
+                            self._step_flops / scalars["step_time_s"] / 1e9
+                        )
                     scalars["wall_time_s"] = time.perf_counter() - run_t0  # this process's
                     writer.write_scalars(done, scalars)
                     self._collapse_alarm(writer, done, scalars)

@@ -153,6 +153,10 @@ def test_train_evaluate_and_resume_exactly(labelled_dir, tokenizer_path, tmp_pat
     full = str(tmp_path / "full")
     ref = jax.device_get(Trainer(tiny_config(labelled_dir, tokenizer_path), full).run())
     rows = read_jsonl(os.path.join(full, "metrics.jsonl"))
+    logged = [r for r in rows if "tokens_per_s" in r]
+    assert logged and all(r["model_gflops_per_s"] > 0 for r in logged)
+    seq = 16 + 16 + 4  # 4x4 patches, 16 prompt tokens, 4 latent tokens
+    np.testing.assert_allclose(logged[-1]["tokens_per_s"], logged[-1]["samples_per_s"] * seq)
     ev = [r for r in rows if "eval_latent_accuracy" in r][-1]
     for k in (
         "eval_majority_latent_accuracy",

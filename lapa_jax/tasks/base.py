@@ -54,6 +54,10 @@ class Task(abc.ABC):
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True) -> Any:
         """-> a Grain IterDataset of host batches (checkpointable iterators)."""
 
+    def tokens_per_example(self) -> int:
+        """Sequence length of one example, for a tokens/s metric (0: not a sequence model)."""
+        return 0
+
     def pretrained(
         self, target_shapes: dict[str, tuple[int, ...]]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

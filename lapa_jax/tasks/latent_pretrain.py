@@ -126,6 +126,9 @@ class LatentPretrainTask(Task):
         )
         return variables["params"], {}
 
+    def tokens_per_example(self) -> int:
+        return self.model_cfg.seq_len
+
     def pretrained(self, target_shapes):
         from lapa_jax.pretrained import pretrained_arrays
 
