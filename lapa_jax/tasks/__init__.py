@@ -14,4 +14,10 @@ def get_task(name: str) -> type[Task]:
         from lapa_jax.tasks.latent_pretrain import LatentPretrainTask
 
         return LatentPretrainTask
-    raise ValueError(f"unknown task {name!r}; known tasks: ['laq', 'latent_pretrain']")
+    if name == "action_finetune":
+        from lapa_jax.tasks.action_finetune import ActionFinetuneTask
+
+        return ActionFinetuneTask
+    raise ValueError(
+        f"unknown task {name!r}; known tasks: ['laq', 'latent_pretrain', 'action_finetune']"
+    )

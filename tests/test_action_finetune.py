@@ -1,0 +1,98 @@
+"""Stage 3, binned head: the latent head is replaced, bins are fitted on the finetuning
+data and saved with the run, LAPA initialisation loads the latent run's vision encoder
+and language model, and the held-out report has its baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from experiments import action_finetune as ft_experiment
+from lapa_jax.action_bins import ActionBins
+from lapa_jax.data.sources import EpisodeSource
+from lapa_jax.trainer import Trainer
+from tests.test_latent_pretrain import tiny_config as tiny_latent_config
+from tests.test_trainer import read_jsonl
+
+
+def tiny_config(metaworld_dir, tokenizer_path, **train):
+    c = ft_experiment.get_config("tiny")
+    c.data.dir = metaworld_dir
+    c.data.tokenizer = tokenizer_path
+    c.num_bins = 16
+    c.train.update(train)
+    return c
+
+
+@pytest.fixture(scope="module")
+def latent_run(labelled_dir, tokenizer_path, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("latent_run"))
+    state = Trainer(tiny_latent_config(labelled_dir, tokenizer_path), workdir).run()
+    return workdir, jax.device_get(state)
+
+
+def test_scratch_finetune_fits_saves_and_reports(metaworld_dir, tokenizer_path, tmp_path):
+    workdir = str(tmp_path / "scratch")
+    trainer = Trainer(tiny_config(metaworld_dir, tokenizer_path), workdir)
+    cfg = trainer.task.model_cfg
+    assert cfg.num_latent_tokens == 4  # Meta-World: xyz + gripper
+    state = trainer.run()
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f)
+    bins = ActionBins.from_json(json.loads(saved["action_bins"]))
+    actions = np.concatenate(
+        [EpisodeSource(metaworld_dir, "metaworld", "train").actions(e) for e in range(4)]
+    )
+    np.testing.assert_array_equal(bins.encode(actions), trainer.task.bins.encode(actions))
+    assert bins.gripper_index == 3 and cfg.latent_codes == bins.max_bins <= 16
+    head = state.params["latent_head"]
+    assert head.shape == (4, cfg.width, bins.max_bins)
+    ev = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_action_mse" in r][
+        -1
+    ]
+    for key in (
+        "eval_token_accuracy_dim_0",
+        "eval_majority_token_accuracy_dim_3",
+        "eval_mean_action_mse",
+    ):
+        assert key in ev
+    assert ev["eval_bin_quantization_mse"] < ev["eval_mean_action_mse"]
+
+
+def test_lapa_start_loads_the_latent_run_and_replaces_its_head(
+    metaworld_dir, tokenizer_path, latent_run
+):
+    latent_dir, latent_state = latent_run
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.init_from = latent_dir
+    c.train.seed = 3  # another initialisation, so copies are visible
+    trainer = Trainer(c, "/nonexistent")
+    state = trainer.init_state()
+    ours = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    theirs = traverse_util.flatten_dict(latent_state.params, sep="/")
+    for key, value in ours.items():
+        if key.startswith("latent_"):
+            continue
+        np.testing.assert_array_equal(value, theirs[key], err_msg=key)
+    assert ours["latent_head"].shape != theirs["latent_head"].shape
+    assert trainer.pretrained_report["initialised"] == [
+        "latent_begin",
+        "latent_embed",
+        "latent_head",
+    ]
+
+
+def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_path):
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.init_from = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="not a training run folder"):
+        Trainer(c, "/nonexistent")
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.head = "diffusion"
+    with pytest.raises(ValueError, match="head must be one of"):
+        Trainer(c, "/nonexistent")
