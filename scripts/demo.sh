@@ -33,7 +33,7 @@ echo "[demo] 4/5 labelling $DATA with the quantizer's latent actions into $LABEL
   --laq_workdir "$RUN" --dst "$LABELLED"
 TOKENIZER="${TOKENIZER:-data/tokenizer.model}"
 LATENT_RUN="${LATENT_RUN:-runs/demo_latent}"
-LP_STEPS="${LP_STEPS:-400}"
+LP_STEPS="${LP_STEPS:-800}"
 echo "[demo] 5/5 latent pretraining (stage 2, $LP_STEPS steps) on $LABELLED in $LATENT_RUN"
 if [ ! -f "$TOKENIZER" ]; then
   .venv/bin/python -m data_pipelines.train_tokenizer --data "$LABELLED" \
