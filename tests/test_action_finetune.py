@@ -36,12 +36,17 @@ def latent_run(labelled_dir, tokenizer_path, tmp_path_factory):
     return workdir, jax.device_get(state)
 
 
-def test_scratch_finetune_fits_saves_and_reports(metaworld_dir, tokenizer_path, tmp_path):
-    workdir = str(tmp_path / "scratch")
+@pytest.fixture(scope="module")
+def scratch_run(metaworld_dir, tokenizer_path, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("scratch"))
     trainer = Trainer(tiny_config(metaworld_dir, tokenizer_path), workdir)
+    return workdir, trainer, trainer.run()
+
+
+def test_scratch_finetune_fits_saves_and_reports(metaworld_dir, scratch_run):
+    workdir, trainer, state = scratch_run
     cfg = trainer.task.model_cfg
     assert cfg.num_latent_tokens == 4  # Meta-World: xyz + gripper
-    state = trainer.run()
     with open(os.path.join(workdir, "config.json")) as f:
         saved = json.load(f)
     bins = ActionBins.from_json(json.loads(saved["action_bins"]))
@@ -96,3 +101,33 @@ def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_pa
     c.head = "diffusion"
     with pytest.raises(ValueError, match="head must be one of"):
         Trainer(c, "/nonexistent")
+
+
+def test_policy_acts_on_raw_images(metaworld_dir, scratch_run, full_run):
+    from lapa_jax.policy import Policy
+
+    workdir = scratch_run[0]
+    policy = Policy.load(workdir, batch_size=4)
+    bins = policy.bins
+    src = EpisodeSource(metaworld_dir, "metaworld", "val")
+    frames = [src.image(0, t) for t in range(3)]  # 64x64 camera frames; the model sees 16x16
+    wide = np.zeros((40, 60, 3), np.uint8)
+    a = policy.act(frames[0], "reach the goal")
+    assert a.shape == (4,) and a.dtype == np.float32
+    # Every output is a bin centre (or a gripper class value): it re-encodes to itself.
+    np.testing.assert_allclose(bins.decode(bins.encode(a[None]))[0], a, rtol=1e-6)
+    batch = policy.act_batch([*frames, wide, frames[1]], ["reach the goal"] * 5)
+    assert batch.shape == (5, 4)
+    np.testing.assert_array_equal(batch[0], a)  # padding and batching change nothing
+    np.testing.assert_array_equal(batch[4], policy.act(frames[1], "reach the goal"))
+    sampled = policy.act(frames[0], "reach the goal", temperature=1.0)
+    np.testing.assert_allclose(bins.decode(bins.encode(sampled[None]))[0], sampled, rtol=1e-6)
+    with pytest.raises(ValueError, match="RGB image"):
+        policy.act(np.zeros((8, 8, 5), np.uint8), "reach the goal")
+    with pytest.raises(ValueError, match="non-empty string"):
+        policy.act(frames[0], "  ")
+    with pytest.raises(ValueError, match="2 images but 1 instructions"):
+        policy.act_batch(frames[:2], ["reach"])
+    laq_dir, _ = full_run
+    with pytest.raises(ValueError, match="not a finetuned policy"):
+        Policy.load(laq_dir)

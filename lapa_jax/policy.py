@@ -1,0 +1,124 @@
+"""A finetuned stage-3 run as a policy: raw camera image and instruction in, action out.
+
+    policy = Policy.load("runs/finetune")
+    action = policy.act(image_HWC_uint8, "open the drawer")        # np.ndarray [A]
+    actions = policy.act_batch(images, instructions)                 # [N, A]
+
+It carries its own preprocessing (centre crop or pad to square, resize: the training
+pipeline's), the tokenizer and prompt, and the action bins saved with the run, so a
+caller passes any-size RGB images and strings. Decoding is jitted for a fixed batch
+shape (smaller batches are padded); greedy by default, sampled with a temperature.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from lapa_jax.action_bins import ActionBins
+from lapa_jax.data.pipelines import square_image
+from lapa_jax.models.vlm import VLM
+
+
+class Policy:
+    def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8):
+        from lapa_jax.evaluate_laq import load_config, load_params
+        from lapa_jax.tasks.action_finetune import ActionFinetuneTask
+
+        self.workdir = os.path.abspath(workdir)
+        config = load_config(workdir)
+        if config.get("task") != "action_finetune":
+            raise ValueError(f"{workdir} is a {config.get('task')!r} run, not a finetuned policy")
+        if not config.get("action_bins"):
+            raise ValueError(f"{workdir}/config.json holds no action_bins: not a finished run")
+        config.init = {"vision_from": "", "language_from": "", "step": -1}
+        config.init_from = ""
+        self.config = config
+        self.task = ActionFinetuneTask(config)
+        self.bins: ActionBins = self.task.bins
+        self.params, self.step = load_params(workdir, config, step)
+        self.params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), self.params)
+        cfg = self.task.model_cfg
+        self.image_size, self.resize_mode = cfg.image_size, str(config.data.resize_mode)
+        self.max_text_len = cfg.max_text_len
+        self.batch_size = batch_size
+        model = self.task.model
+
+        def decode(params: Any, img: Any, txt: Any, mask: Any, rng: Any, temperature: Any) -> Any:
+            return model.apply(
+                {"params": params}, img, txt, mask, rng, temperature, method=VLM.decode
+            )
+
+        self._greedy = jax.jit(lambda p, i, t, m: decode(p, i, t, m, None, 0.0))
+        self._sample = jax.jit(decode, static_argnums=(5,))
+        self._prompts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def load(cls, workdir: str, step: int | None = None, batch_size: int = 8) -> Policy:
+        return cls(workdir, step, batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workdir": self.workdir,
+            "step": int(self.step),
+            "image_size": self.image_size,
+            "action_dim": self.bins.dim,
+            "bins": self.bins.max_bins,
+        }
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        img = np.asarray(image)
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, -1)
+        if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 1:
+            raise ValueError(f"expected an RGB image [H, W, 3], got shape {img.shape}")
+        if img.dtype != np.uint8:
+            if img.dtype.kind == "f" and img.size and img.min() >= 0.0 and img.max() <= 1.0:
+                img = (img * 255.0).round().astype(np.uint8)
+            else:
+                raise ValueError(f"expected a uint8 image (or floats in [0, 1]), got {img.dtype}")
+        img = np.ascontiguousarray(img[..., :3])
+        return square_image(img, self.image_size, self.resize_mode).astype(np.float32) / 255.0
+
+    def _prompt(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("the instruction must be a non-empty string")
+        if instruction not in self._prompts:
+            self._prompts[instruction] = self.task.tokenizer.prompt(instruction, self.max_text_len)
+        return self._prompts[instruction]
+
+    def act_batch(
+        self,
+        images: list[np.ndarray],
+        instructions: list[str],
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Actions float32 [N, A] for N images and instructions."""
+        if len(images) != len(instructions):
+            raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            imgs = [self.preprocess(x) for x in images[start : start + self.batch_size]]
+            prompts = [self._prompt(t) for t in instructions[start : start + self.batch_size]]
+            n = len(imgs)
+            imgs += [imgs[-1]] * (self.batch_size - n)
+            prompts += [prompts[-1]] * (self.batch_size - n)
+            img = np.stack(imgs)
+            txt = np.stack([p[0] for p in prompts])
+            mask = np.stack([p[1] for p in prompts])
+            if temperature > 0:
+                rng = jax.random.fold_in(jax.random.key(seed), start)
+                tokens = self._sample(self.params, img, txt, mask, rng, float(temperature))
+            else:
+                tokens = self._greedy(self.params, img, txt, mask)
+            tokens = np.asarray(jax.device_get(tokens))[:n]
+            limit = np.asarray([self.bins.bins(d) - 1 for d in range(self.bins.dim)])
+            out.append(self.bins.decode(np.minimum(tokens, limit)))
+        return np.concatenate(out) if out else np.zeros((0, self.bins.dim), np.float32)
+
+    def act(self, image: np.ndarray, instruction: str, temperature: float = 0.0) -> np.ndarray:
+        return self.act_batch([image], [instruction], temperature)[0]
