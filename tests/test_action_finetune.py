@@ -131,3 +131,38 @@ def test_policy_acts_on_raw_images(metaworld_dir, scratch_run, full_run):
     laq_dir, _ = full_run
     with pytest.raises(ValueError, match="not a finetuned policy"):
         Policy.load(laq_dir)
+
+
+def test_http_serving_answers_and_rejects_bad_requests(scratch_run):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from lapa_jax.policy import Policy
+    from lapa_jax.serve import make_app
+
+    policy = Policy.load(scratch_run[0], batch_size=1)
+    client = TestClient(make_app(policy))
+    assert client.get("/health").json()["policy"]["action_dim"] == 4
+    img = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    good = {"image": base64.b64encode(buf.getvalue()).decode(), "instruction": "reach the goal"}
+    r = client.post("/act", json=good)
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["action"], policy.act(img, "reach the goal"), rtol=1e-6)
+    bad = {
+        "not json": (dict(content=b"{nope", headers={"content-type": "application/json"}), 400),
+        "missing": (dict(json={"image": good["image"]}), 422),
+        "wrong type": (dict(json={**good, "instruction": 5}), 422),
+        "base64": (dict(json={**good, "image": "%%%"}), 400),
+        "not an image": (dict(json={**good, "image": base64.b64encode(b"hello").decode()}), 400),
+        "list body": (dict(json=[1, 2]), 400),
+    }
+    for name, (kw, status) in bad.items():
+        r = client.post("/act", **kw)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert "error" in r.json(), name
+    assert client.post("/act", json=good).status_code == 200  # still serving
