@@ -116,31 +116,8 @@ class ActionFinetuneTask(LatentPretrainTask):
         """Greedy action tokens on held-out steps: per-dimension token accuracy against
         the majority bin, and the error of the decoded actions against always
         predicting the train split's mean action."""
-        from jax.experimental import multihost_utils
-
-        from lapa_jax import sharding
-
-        d = self.config.data
-        src = self.step_source(d.eval_split)
-        n = len(src)
-        max_steps = max_steps or int(self.config.get("eval_max_steps", 512))
-        idx = np.linspace(0, n - 1, min(n, max_steps)).round().astype(int)
-        dp = sharding.data_parallel_size(mesh)
-        bs = max(dp, int(self.config.get("eval_batch_size", 64)) // dp * dp)
-        fn = self.decode_fn()
-        preds, tokens, actions = [], [], []
-        for start in range(0, len(idx), bs):
-            items = [src[int(i)] for i in idx[start : start + bs]]
-            keep = len(items)
-            items += [items[-1]] * (bs - keep)
-            batch = {k: np.stack([it[k] for it in items]) for k in ("image", "text", "text_mask")}
-            batch = sharding.host_batch_to_global(batch, mesh)
-            with mesh:
-                out = fn(params, batch["image"], batch["text"], batch["text_mask"])
-            preds.append(np.asarray(multihost_utils.process_allgather(out, tiled=True))[:keep])
-            tokens.append(np.stack([it["latent"] for it in items[:keep]]))
-            actions.append(np.stack([it["action"] for it in items[:keep]]))
-        pred, true, act = np.concatenate(preds), np.concatenate(tokens), np.concatenate(actions)
+        pred, fields = self.decode_held_out(params, mesh, ("latent", "action"), max_steps)
+        true, act = fields["latent"], fields["action"]
         train = self._train_actions()
         decoded = self.bins.decode(
             np.clip(pred, 0, [self.bins.bins(i) - 1 for i in range(self.bins.dim)])

@@ -214,33 +214,43 @@ class LatentPretrainTask(Task):
             )
         return self._decode_fn
 
-    def evaluate(self, params: Any, mesh: Any, max_steps: int | None = None) -> dict[str, Any]:
-        """Greedy latent predictions on the held-out split against the true labels and
-        the majority-class baselines (from the train split's labels)."""
+    def decode_held_out(
+        self, params: Any, mesh: Any, keys: tuple[str, ...], max_steps: int | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Greedy token predictions [N, L] on up to max_steps held-out steps spread over
+        the eval split, and those steps' `keys` fields. One batch shape (the last batch
+        padded), so one compilation; every process decodes the same steps."""
         d = self.config.data
         max_steps = max_steps or int(self.config.get("eval_max_steps", 512))
-        train_codes = _all_labels(self.step_source(d.split))
         src = self.step_source(d.eval_split)
         n = len(src)
         idx = np.linspace(0, n - 1, min(n, max_steps)).round().astype(int)
-        bs = int(self.config.get("eval_batch_size", 64))
         dp = sharding.data_parallel_size(mesh)
-        bs = max(dp, bs // dp * dp)
-        preds, labels = [], []
+        bs = max(dp, int(self.config.get("eval_batch_size", 64)) // dp * dp)
+        preds: list[np.ndarray] = []
+        fields: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         fn = self.decode_fn()
         for start in range(0, len(idx), bs):
             items = [src[int(i)] for i in idx[start : start + bs]]
             keep = len(items)
-            items += [items[-1]] * (bs - keep)  # one batch shape: one compilation
+            items += [items[-1]] * (bs - keep)
             batch = {k: np.stack([it[k] for it in items]) for k in ("image", "text", "text_mask")}
             batch = sharding.host_batch_to_global(batch, mesh)
             with mesh:
                 codes = fn(params, batch["image"], batch["text"], batch["text_mask"])
-            # Every process decoded the same items; the global array holds one copy each.
+            # The global array holds one copy of the batch per process.
             codes = np.asarray(multihost_utils.process_allgather(codes, tiled=True))
             preds.append(codes[:keep])
-            labels.append(np.stack([it["latent"] for it in items[:keep]]))
-        return latent_metrics(np.concatenate(preds), np.concatenate(labels), train_codes)
+            for k in keys:
+                fields[k].append(np.stack([it[k] for it in items[:keep]]))
+        return np.concatenate(preds), {k: np.concatenate(v) for k, v in fields.items()}
+
+    def evaluate(self, params: Any, mesh: Any, max_steps: int | None = None) -> dict[str, Any]:
+        """Greedy latent predictions on the held-out split against the true labels and
+        the majority-class baselines (from the train split's labels)."""
+        train_codes = _all_labels(self.step_source(self.config.data.split))
+        pred, fields = self.decode_held_out(params, mesh, ("latent",), max_steps)
+        return latent_metrics(pred, fields["latent"], train_codes)
 
 
 def _all_labels(src: PromptedSteps) -> np.ndarray:
