@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from lapa_jax.models import quantizers
-from lapa_jax.models.layers import Block, DenseGeneral, LayerNorm
+from lapa_jax.models.layers import Block, DenseGeneral, LayerNorm, strict_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +117,10 @@ class LAQConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LAQConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown LAQ model config fields {unknown}")
         d = dict(d)
         if "fsq_levels" in d:
             d["fsq_levels"] = tuple(d["fsq_levels"])
-        return cls(**d)
+        return strict_from_dict(cls, d, "LAQ model")
 
 
 def patchify(images_NHWC: jax.Array, patch: int) -> jax.Array:

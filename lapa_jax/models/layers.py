@@ -16,6 +16,17 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+def strict_from_dict(cls: Any, d: dict[str, Any], what: str) -> Any:
+    """A config dataclass from a dict; unknown keys are an error, not silently dropped."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown {what} config fields {unknown}")
+    return cls(**d)
+
+
 def dense_init(scale: float = 1.0) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lapa_jax.models.laq import patchify
-from lapa_jax.models.layers import DenseGeneral, LayerNorm
+from lapa_jax.models.layers import DenseGeneral, LayerNorm, strict_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +103,7 @@ class VLMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VLMConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown VLM config fields {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "VLM")
 
 
 class RMSNorm(nn.Module):

@@ -50,6 +50,19 @@ class Task(abc.ABC):
         del aux, rng, step
         return params, task_state, {}
 
+    def loader(self, source: Any, global_batch_size: int, seed: int, shuffle: bool) -> Any:
+        """The Grain loader over a random-access source, with this config's data options."""
+        from lapa_jax.data import pipelines
+
+        cfg = pipelines.LoaderConfig(
+            global_batch_size=global_batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            worker_count=self.config.data.worker_count,
+            read_threads=self.config.data.get("read_threads", 2),
+        )
+        return pipelines.make_loader(source, cfg)
+
     @abc.abstractmethod
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True) -> Any:
         """-> a Grain IterDataset of host batches (checkpointable iterators)."""

@@ -230,15 +230,7 @@ class LAQTask(Task):
         )
 
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True):
-        pairs = self.frame_pair_source(split)
-        cfg = pipelines.LoaderConfig(
-            global_batch_size=global_batch_size,
-            seed=seed,
-            shuffle=shuffle,
-            worker_count=self.config.data.worker_count,
-            read_threads=self.config.data.get("read_threads", 2),
-        )
-        return pipelines.make_loader(pairs, cfg)
+        return self.loader(self.frame_pair_source(split), global_batch_size, seed, shuffle)
 
     # ---- summaries -----------------------------------------------------------------
 

@@ -195,14 +195,7 @@ class LatentPretrainTask(Task):
         )
 
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True):
-        cfg = pipelines.LoaderConfig(
-            global_batch_size=global_batch_size,
-            seed=seed,
-            shuffle=shuffle,
-            worker_count=self.config.data.worker_count,
-            read_threads=self.config.data.get("read_threads", 2),
-        )
-        return pipelines.make_loader(self.step_source(split), cfg)
+        return self.loader(self.step_source(split), global_batch_size, seed, shuffle)
 
     # ---- evaluation ----------------------------------------------------------------
 
