@@ -41,7 +41,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,13 +49,13 @@ import numpy as np
 from lapa_jax.data import rlds_writer
 from lapa_jax.data import specs as specs_lib
 from lapa_jax.data.pipelines import square_image
+from lapa_jax.data.rlds_records import EpisodeReader, RecordWriter
 from lapa_jax.data.sources import (
     DataError,
     _get_path,
     check_steps_spec,
     decode_image,
     image_feature_paths,
-    skip_decoding,
 )
 from lapa_jax.data.statistics import save_statistics, statistics_from_arrays
 
@@ -95,57 +95,6 @@ class LabelJob:
 
 
 # ---- reading ----------------------------------------------------------------------------
-
-
-class EpisodeReader:
-    """Episodes of one split in stored order, images left encoded; both file formats."""
-
-    def __init__(self, builder: Any, split: str, image_paths: list[str]):
-        self.builder = builder
-        self.split = split
-        self.image_paths = image_paths
-        self.file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
-        self.num_episodes = int(builder.info.splits[split].num_examples)
-        self._source: Any = None
-
-    def episodes(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        decoders = skip_decoding(self.image_paths) if self.image_paths else None
-        if self.file_format == "array_record":
-            if self._source is None:
-                self._source = self.builder.as_data_source(self.split, decoders=decoders)
-            for i in range(start, stop):
-                try:
-                    record = self._source[i]
-                    steps = [dict(s) for s in record["steps"]]
-                except Exception as e:  # a corrupt record: name it
-                    raise DataError(
-                        f"{self._where(i)}: unreadable record: {type(e).__name__}: {e}"
-                    ) from e
-                yield i, {**{k: v for k, v in record.items() if k != "steps"}, "steps": steps}
-            return
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
-
-        ds = self.builder.as_dataset(
-            self.split,
-            decoders=decoders,
-            shuffle_files=False,
-            read_config=tfds.ReadConfig(interleave_cycle_length=1),
-        ).skip(start)
-        it = iter(ds)
-        for i in range(start, stop):
-            try:
-                record = next(it)
-                steps = list(tfds.as_numpy(record["steps"]))
-                rest = tfds.as_numpy({k: v for k, v in record.items() if k != "steps"})
-            except (tf.errors.OpError, StopIteration) as e:
-                raise DataError(
-                    f"{self._where(i)}: unreadable record: {type(e).__name__}: {e}"
-                ) from e
-            yield i, {**rest, "steps": steps}
-
-    def _where(self, i: int) -> str:
-        return f"{self.builder.data_dir} split {self.split!r} episode {i}"
 
 
 def _frames(
@@ -445,7 +394,7 @@ class Labeller:
     def write_chunk(self, result: ChunkResult) -> None:
         path = self.shard_path(result.split, result.chunk)
         tmp = f"{path}.tmp-{os.getpid()}"
-        writer = _RecordWriter(tmp, self.job.file_format)
+        writer = RecordWriter(tmp, self.job.file_format)
         offset = 0
         try:
             for _, episode in result.episodes:
@@ -664,24 +613,6 @@ class Labeller:
     def _log(self, msg: str) -> None:
         if self.verbose:
             print(f"[label] {msg}", flush=True)
-
-
-class _RecordWriter:
-    def __init__(self, path: str, file_format: str):
-        if file_format == "array_record":
-            from array_record.python.array_record_module import ArrayRecordWriter
-
-            self._w = ArrayRecordWriter(path, "group_size:1")
-        else:
-            import tensorflow as tf
-
-            self._w = tf.io.TFRecordWriter(path)
-
-    def write(self, record: bytes) -> None:
-        self._w.write(record)
-
-    def close(self) -> None:
-        self._w.close()
 
 
 def _fault_point(where: str, chunk: int) -> None:
