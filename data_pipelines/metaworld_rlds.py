@@ -29,14 +29,7 @@ from lapa_jax.sim import metaworld as mw
 
 DATASET_NAME = "metaworld"
 DATASET_VERSION = "1.0.0"
-DEFAULT_TASKS = (
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "button-press-topdown-v3",
-)
+DEFAULT_TASKS = mw.DEFAULT_TASKS
 FILE_FORMATS = rlds_writer.FILE_FORMATS
 IMAGE_ENCODINGS = ("png", "jpeg")
 

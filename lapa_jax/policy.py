@@ -122,3 +122,77 @@ class Policy:
 
     def act(self, image: np.ndarray, instruction: str, temperature: float = 0.0) -> np.ndarray:
         return self.act_batch([image], [instruction], temperature)[0]
+
+    @property
+    def chunk_size(self) -> int:
+        """Actions predicted per call (1 for the binned head)."""
+        return 1
+
+    def predict_batch(
+        self, images: list[np.ndarray], instructions: list[str], temperature: float = 0.0
+    ) -> np.ndarray:
+        """Action chunks float32 [N, K, A] (K = chunk_size), for a ChunkExecutor."""
+        return self.act_batch(images, instructions, temperature)[:, None]
+
+
+EXECUTION_MODES = ("receding", "ensemble")
+
+
+class ChunkExecutor:
+    """Turns predicted action chunks into one action per control step.
+
+    - receding: run the first `execute_steps` actions of a chunk, then predict anew;
+    - ensemble (ACT's temporal ensembling): predict every step, and execute the weighted
+      mean of every stored chunk's entry for the current step, weight exp(-decay * i)
+      with i = 0 for the oldest prediction.
+    A chunk of one action under either mode is plain closed-loop control.
+    """
+
+    def __init__(
+        self, chunk_size: int, mode: str = "receding", execute_steps: int = 0, decay: float = 0.01
+    ):
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, got {mode!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        execute_steps = execute_steps or chunk_size
+        if not 1 <= execute_steps <= chunk_size:
+            raise ValueError(f"execute_steps must be in 1..{chunk_size}, got {execute_steps}")
+        if not np.isfinite(decay) or decay < 0:
+            raise ValueError(f"decay must be finite and >= 0, got {decay}")
+        self.chunk_size, self.mode = chunk_size, mode
+        self.execute_steps, self.decay = execute_steps, decay
+        self.reset()
+
+    def reset(self) -> None:
+        self.t = 0
+        self._queue: list[np.ndarray] = []
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (step predicted at, [K, A])
+
+    def needs_prediction(self) -> bool:
+        return self.mode == "ensemble" or not self._queue
+
+    def add(self, chunk_KA: np.ndarray) -> None:
+        chunk = np.asarray(chunk_KA, np.float32)
+        if chunk.ndim != 2 or chunk.shape[0] != self.chunk_size:
+            raise ValueError(f"expected a chunk [{self.chunk_size}, A], got shape {chunk.shape}")
+        if self.mode == "receding":
+            self._queue = list(chunk[: self.execute_steps])
+        else:
+            self._chunks.append((self.t, chunk))
+            self._chunks = [(t0, c) for t0, c in self._chunks if self.t - t0 < self.chunk_size]
+
+    def next_action(self) -> np.ndarray:
+        if self.mode == "receding":
+            if not self._queue:
+                raise RuntimeError("no action left: add a predicted chunk first")
+            action = self._queue.pop(0)
+        else:
+            live = [(t0, c) for t0, c in self._chunks if 0 <= self.t - t0 < self.chunk_size]
+            if not live:
+                raise RuntimeError("no chunk covers this step: add a predicted chunk first")
+            w = np.exp(-self.decay * np.arange(len(live)))  # oldest first
+            entries = np.stack([c[self.t - t0] for t0, c in live])
+            action = (w[:, None] * entries).sum(0) / w.sum()
+        self.t += 1
+        return np.asarray(action, np.float32)

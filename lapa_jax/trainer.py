@@ -183,6 +183,13 @@ class Trainer:
             flat[path] = jax.device_put(np.asarray(arr, leaf.dtype), leaf.sharding)
         return state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
 
+    def _init_summary(self) -> str:
+        r = self.pretrained_report
+        if not r:
+            return "new run, random initialisation"
+        parts = [f"{k} from {v['source']}" for k, v in r.items() if isinstance(v, dict)]
+        return f"new run, {r.get('loaded', 0)} arrays loaded ({'; '.join(parts)})"
+
     def num_params(self) -> int:
         return int(sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params)))
 
@@ -259,7 +266,7 @@ class Trainer:
         writer.message(
             f"[{self.task.name}] {self.num_params() / 1e6:.2f}M parameters, mesh {dict(self.mesh.shape)}, "
             f"{jax.device_count()} devices, {jax.process_count()} processes, "
-            + (f"resumed at step {start}" if restored else "from scratch")
+            + (f"resumed at step {start}" if restored else self._init_summary())
         )
         last_good = start if restored else None
         run_t0 = window_t0 = time.perf_counter()

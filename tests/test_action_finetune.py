@@ -166,3 +166,23 @@ def test_http_serving_answers_and_rejects_bad_requests(scratch_run):
         assert r.status_code == status, (name, r.status_code, r.text)
         assert "error" in r.json(), name
     assert client.post("/act", json=good).status_code == 200  # still serving
+
+
+def test_closed_loop_evaluation_of_a_finetuned_run(scratch_run, tmp_path):
+    from lapa_jax import evaluate_policy
+    from tests.conftest import TINY_TASKS
+
+    workdir = scratch_run[0]
+    args = ["--workdir", workdir, "--episodes", "2", "--max_frames", "3", "--workers", "1"]
+    out = evaluate_policy.main([*args, "--out", str(tmp_path / "a")])
+    with open(out["results_json"]) as f:
+        saved = json.load(f)
+    assert list(saved["per_task"]) == list(TINY_TASKS)  # the dataset's tasks by default
+    assert saved["rollout_config"]["camera"] == "corner" and saved["episodes"] == 4
+    assert all(1 <= e["length"] <= 3 for e in saved["episodes_detail"])
+    assert len(saved["videos"]) == len(TINY_TASKS) and all(
+        os.path.isfile(v) for v in saved["videos"]
+    )
+    assert os.path.getsize(saved["summary_png"]) > 0
+    again = evaluate_policy.main([*args, "--out", str(tmp_path / "b"), "--videos_per_task", "0"])
+    assert again["episodes_detail"] == saved["episodes_detail"] and again["videos"] == []

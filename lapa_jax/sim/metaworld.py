@@ -75,6 +75,16 @@ TASK_INSTRUCTIONS: dict[str, str] = {
 # upright (a vertical flip alone would mirror the scene).
 ROTATED_CAMERAS = frozenset({"corner"})
 
+# The default dataset's tasks (data_pipelines.metaworld_rlds) and closed-loop evaluation's.
+DEFAULT_TASKS = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "button-press-topdown-v3",
+)
+
 STATE_DIM = 4  # hand xyz + gripper opening, the proprioceptive part of the observation
 FULL_STATE_DIM = 39  # the goal-observable Meta-World observation vector
 ACTION_DIM = 4  # delta xyz + gripper effort (positive closes)
@@ -96,6 +106,27 @@ def make_env(task: str) -> Any:
     env._freeze_rand_vec = False
     env.seeded_rand_vec = True
     return env
+
+
+def reset_env(env: Any, seed: int) -> np.ndarray:
+    """Resets to the object/goal layout that `seed` draws; returns the observation."""
+    env.seed(seed)
+    obs, _ = env.reset()
+    return obs
+
+
+def step_held(env: Any, action: np.ndarray, repeat: int) -> tuple[np.ndarray, float, bool, bool]:
+    """Holds `action` for `repeat` simulator steps (one stored frame): the observation,
+    the summed reward, whether the task succeeded at any of them, and truncation."""
+    reward, success, truncated = 0.0, False, False
+    obs = None
+    for _ in range(repeat):
+        obs, r, _, truncated, info = env.step(action)
+        reward += float(r)
+        success = success or bool(info["success"])
+        if truncated:
+            break
+    return obs, reward, success, bool(truncated)
 
 
 def make_expert(task: str) -> Any:
@@ -195,8 +226,7 @@ class ExpertRoller:
         cfg = self.config
         env, expert, renderer = self._get(task)
         rng = np.random.default_rng(seed)
-        env.seed(seed)
-        obs, _ = env.reset()
+        obs = reset_env(env, seed)
         images, states, full_states, actions, rewards = [], [], [], [], []
         success, success_at = False, None
         for t in range(cfg.max_frames):
@@ -208,13 +238,8 @@ class ExpertRoller:
                 action = np.asarray(expert.get_action(obs), dtype=np.float64)
             action = action + cfg.action_noise * rng.standard_normal(ACTION_DIM)
             action = np.clip(action, -1.0, 1.0).astype(np.float32)
-            reward = 0.0
-            for _ in range(cfg.action_repeat):
-                obs, r, _, truncated, info = env.step(action)
-                reward += float(r)
-                success = success or bool(info["success"])
-                if truncated:
-                    break
+            obs, reward, succeeded, truncated = step_held(env, action, cfg.action_repeat)
+            success = success or succeeded
             actions.append(action)
             rewards.append(reward)
             if success and success_at is None:
