@@ -4,10 +4,16 @@
         --workdir runs/finetune --config.init_from=runs/latent   # LAPA
     ... --config.init_from=                                        # from scratch
 
-The model is stage 2's VLM (the same variant sizes), its latent head replaced by the
-binned action head: one token per action dimension, `num_bins` bins at the quantiles
-of the finetuning data (the gripper binary). The bins are fitted when the run starts
-and saved in its config.json (`action_bins`), which the policy reads back.
+The model is stage 2's VLM (the same variant sizes), its latent head replaced by an
+action head (lapa_jax.action_heads):
+- `head=binned` (default, the paper's): one token per action dimension, `num_bins`
+  bins at the quantiles of the finetuning data (the gripper binary unless
+  `binary_gripper=False`); bins saved in config.json (`action_bins`);
+- `--config.head=chunked`: the next `chunk_size` actions, normalized with the train
+  split's statistics (saved as `action_stats`), L1 loss; evaluation executes chunks
+  with `execution` (receding horizon or temporal ensembling).
+LoRA: `--config.lora.rank=8` trains low-rank adapters on the language model's
+projections with the base frozen (lapa_jax.lora).
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
     c.task = "action_finetune"
     c.data.dir = "data/metaworld"
     c.data.spec = "metaworld"
-    c.head = "binned"
+    c.head = "binned"  # or "chunked": the next chunk_size actions, L1, one pass
     c.num_bins = 256
     # Binary open/close gripper (the paper's, kept by tiny); Meta-World's experts grade
     # the gripper effort (binary loses a third of its variance), so bin it like the rest.
     c.binary_gripper = variant != "metaworld"
     c.init_from = ""  # a latent-pretraining run (LAPA), an action-pretrained run, or scratch
-    c.action_bins = ""  # filled when the run starts (JSON), kept in config.json
+    c.chunk_size = 4  # chunked head: actions per prediction
+    c.execution = "receding"  # chunked head's default in evaluation: receding | ensemble
+    c.action_bins = ""  # binned head: filled when the run starts (JSON), kept in config.json
+    c.action_stats = ""  # chunked head: the train split's action mean and std (JSON)
     if variant == "metaworld":
         c.train.update(dict(steps=1000, eval_every=500, checkpoint_every=500))
     return c

@@ -273,7 +273,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="simulator processes")
     p.add_argument("--batch_slots", type=int, default=16, help="episodes run at once")
     p.add_argument("--videos_per_task", type=int, default=1)
-    p.add_argument("--execution", default="receding", choices=("receding", "ensemble"))
+    p.add_argument(
+        "--execution",
+        default="",
+        choices=("", "receding", "ensemble"),
+        help="how chunks run; default: the run's config.execution (receding)",
+    )
     p.add_argument("--execute_steps", type=int, default=0, help="receding: 0 = whole chunk")
     p.add_argument("--ensemble_decay", type=float, default=0.01)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -289,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from lapa_jax.policy import Policy
 
     config = load_config(args.workdir)
+    execution = args.execution or config.get("execution", "receding")
     overrides = args.image_size and args.camera and args.tasks
     if overrides:
         rollout, data_tasks = mw.RolloutConfig(), []
@@ -337,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "step": int(policy.step),
         "seed": args.seed,
         "max_frames": args.max_frames,
-        "execution": args.execution,
+        "execution": execution,
         "execute_steps": args.execute_steps,
         "chunk_size": policy.chunk_size,
         "temperature": args.temperature,

@@ -5,9 +5,12 @@
     actions = policy.act_batch(images, instructions)                 # [N, A]
 
 It carries its own preprocessing (centre crop or pad to square, resize: the training
-pipeline's), the tokenizer and prompt, and the action bins saved with the run, so a
-caller passes any-size RGB images and strings. Decoding is jitted for a fixed batch
-shape (smaller batches are padded); greedy by default, sampled with a temperature.
+pipeline's), the tokenizer and prompt, and the action head's state saved with the run
+(bins, or the statistics that un-normalize a chunk), so a caller passes any-size RGB
+images and strings. Decoding is jitted for a fixed batch shape (smaller batches are
+padded); the binned head decodes greedily by default, sampled with a temperature.
+A chunked run predicts K actions per call (`predict_batch`); `act` returns the first,
+and `ChunkExecutor` runs whole chunks (receding horizon or temporal ensembling).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from lapa_jax.action_bins import ActionBins
 from lapa_jax.data.pipelines import square_image
 from lapa_jax.models.vlm import VLM
 
@@ -32,13 +34,16 @@ class Policy:
         config = load_config(workdir)
         if config.get("task") != "action_finetune":
             raise ValueError(f"{workdir} is a {config.get('task')!r} run, not a finetuned policy")
-        if not config.get("action_bins"):
-            raise ValueError(f"{workdir}/config.json holds no action_bins: not a finished run")
+        if not (config.get("action_bins") or config.get("action_stats")):
+            raise ValueError(
+                f"{workdir}/config.json holds no fitted action head (action_bins or "
+                "action_stats): not a finished run"
+            )
         config.init = {"vision_from": "", "language_from": "", "step": -1}
         config.init_from = ""
         self.config = config
         self.task = ActionFinetuneTask(config)
-        self.bins: ActionBins = self.task.bins
+        self.head = self.task.head
         self.params, self.step = load_params(workdir, config, step)
         self.params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), self.params)
         cfg = self.task.model_cfg
@@ -65,8 +70,10 @@ class Policy:
             "workdir": self.workdir,
             "step": int(self.step),
             "image_size": self.image_size,
-            "action_dim": self.bins.dim,
-            "bins": self.bins.max_bins,
+            "head": self.head.name,
+            "action_dim": self.head.action_dim,
+            "chunk_size": self.head.chunk_size,
+            **({"bins": self.head.bins.max_bins} if self.head.name == "binned" else {}),
         }
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -90,16 +97,18 @@ class Policy:
             self._prompts[instruction] = self.task.tokenizer.prompt(instruction, self.max_text_len)
         return self._prompts[instruction]
 
-    def act_batch(
+    def predict_batch(
         self,
         images: list[np.ndarray],
         instructions: list[str],
         temperature: float = 0.0,
         seed: int = 0,
     ) -> np.ndarray:
-        """Actions float32 [N, A] for N images and instructions."""
+        """Action chunks float32 [N, K, A] (K = chunk_size) for N images and instructions."""
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        if temperature > 0 and self.head.name != "binned":
+            raise ValueError(f"the {self.head.name} head is deterministic: temperature must be 0")
         out = []
         for start in range(0, len(images), self.batch_size):
             imgs = [self.preprocess(x) for x in images[start : start + self.batch_size]]
@@ -112,13 +121,23 @@ class Policy:
             mask = np.stack([p[1] for p in prompts])
             if temperature > 0:
                 rng = jax.random.fold_in(jax.random.key(seed), start)
-                tokens = self._sample(self.params, img, txt, mask, rng, float(temperature))
+                raw = self._sample(self.params, img, txt, mask, rng, float(temperature))
             else:
-                tokens = self._greedy(self.params, img, txt, mask)
-            tokens = np.asarray(jax.device_get(tokens))[:n]
-            limit = np.asarray([self.bins.bins(d) - 1 for d in range(self.bins.dim)])
-            out.append(self.bins.decode(np.minimum(tokens, limit)))
-        return np.concatenate(out) if out else np.zeros((0, self.bins.dim), np.float32)
+                raw = self._greedy(self.params, img, txt, mask)  # tokens or a chunk
+            out.append(self.head.to_actions(np.asarray(jax.device_get(raw))[:n]))
+        if not out:
+            return np.zeros((0, self.chunk_size, self.head.action_dim), np.float32)
+        return np.concatenate(out)
+
+    def act_batch(
+        self,
+        images: list[np.ndarray],
+        instructions: list[str],
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """The next action float32 [N, A] for N images and instructions."""
+        return self.predict_batch(images, instructions, temperature, seed)[:, 0]
 
     def act(self, image: np.ndarray, instruction: str, temperature: float = 0.0) -> np.ndarray:
         return self.act_batch([image], [instruction], temperature)[0]
@@ -126,13 +145,7 @@ class Policy:
     @property
     def chunk_size(self) -> int:
         """Actions predicted per call (1 for the binned head)."""
-        return 1
-
-    def predict_batch(
-        self, images: list[np.ndarray], instructions: list[str], temperature: float = 0.0
-    ) -> np.ndarray:
-        """Action chunks float32 [N, K, A] (K = chunk_size), for a ChunkExecutor."""
-        return self.act_batch(images, instructions, temperature)[:, None]
+        return self.head.chunk_size
 
 
 EXECUTION_MODES = ("receding", "ensemble")

@@ -92,6 +92,64 @@ def test_lapa_start_loads_the_latent_run_and_replaces_its_head(
     ]
 
 
+@pytest.fixture(scope="module")
+def chunked_run(metaworld_dir, tokenizer_path, latent_run, tmp_path_factory):
+    """The chunked head (K = 3), started from the latent run (LAPA)."""
+    workdir = str(tmp_path_factory.mktemp("chunked"))
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.head, c.chunk_size, c.init_from = "chunked", 3, latent_run[0]
+    trainer = Trainer(c, workdir)
+    return workdir, trainer, trainer.run()
+
+
+def test_chunked_head_targets_statistics_and_loading(metaworld_dir, latent_run, chunked_run):
+    workdir, trainer, state = chunked_run
+    head = trainer.task.head
+    source = EpisodeSource(metaworld_dir, "metaworld", "train")
+    train = np.concatenate([source.actions(e) for e in range(len(source))])
+    np.testing.assert_allclose(head.mean, train.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.std, np.maximum(train.std(0), 1e-3), rtol=1e-5)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.loads(json.load(f)["action_stats"])["chunk_size"] == 3
+    # Targets: actions t..t+2 normalized; past the episode's end the last action, masked.
+    steps = trainer.task.step_source("train")
+    acts = source.actions(0)
+    n = len(acts)
+    for t, valid in ((0, [1, 1, 1]), (n - 2, [1, 1, 0]), (n - 1, [1, 0, 0])):
+        item = steps[t]  # episode 0's steps come first
+        assert int(item["episode"]) == 0 and int(item["t"]) == t
+        want = acts[np.minimum(np.arange(t, t + 3), n - 1)]
+        np.testing.assert_allclose(head.to_actions(item["actions"]), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(item["action_mask"], valid)
+        np.testing.assert_array_equal(item["action"], acts[t])
+    # The latent run's backbone is loaded; its latent head is not there at all.
+    params = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    assert params["action_head"].shape == (3, trainer.task.model_cfg.width, 4)
+    assert not any(k.startswith("latent_") for k in params)
+    report = trainer.pretrained_report
+    assert report["initialised"] == ["action_bias", "action_head", "action_queries"]
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    ev = [r for r in rows if "eval_chunk_l1" in r][-1]
+    assert np.isfinite(ev["eval_chunk_l1"]) and ev["eval_mean_chunk_l1"] > 0
+    assert all(np.isfinite(r["l1_loss"]) for r in rows if "l1_loss" in r)
+
+
+def test_chunked_policy_predicts_chunks(metaworld_dir, chunked_run):
+    from lapa_jax.policy import Policy
+
+    policy = Policy.load(chunked_run[0], batch_size=2)
+    assert policy.chunk_size == 3 and policy.describe()["head"] == "chunked"
+    source = EpisodeSource(metaworld_dir, "metaworld", "val")
+    frames = [source.image(0, t) for t in range(3)]
+    text = [source.instruction(0)] * 3
+    chunks = policy.predict_batch(frames, text)
+    assert chunks.shape == (3, 3, 4) and chunks.dtype == np.float32
+    np.testing.assert_allclose(policy.act_batch(frames, text), chunks[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(policy.predict_batch(frames[1:2], text[:1])[0], chunks[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="deterministic"):
+        policy.act(frames[0], text[0], temperature=1.0)
+
+
 def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_path):
     c = tiny_config(metaworld_dir, tokenizer_path)
     c.init_from = str(tmp_path / "nothing")
@@ -101,6 +159,10 @@ def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_pa
     c.head = "diffusion"
     with pytest.raises(ValueError, match="head must be one of"):
         Trainer(c, "/nonexistent")
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.head, c.chunk_size = "chunked", 0
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        Trainer(c, "/nonexistent")
 
 
 def test_policy_acts_on_raw_images(metaworld_dir, scratch_run, full_run):
@@ -108,7 +170,7 @@ def test_policy_acts_on_raw_images(metaworld_dir, scratch_run, full_run):
 
     workdir = scratch_run[0]
     policy = Policy.load(workdir, batch_size=4)
-    bins = policy.bins
+    bins = policy.head.bins
     src = EpisodeSource(metaworld_dir, "metaworld", "val")
     frames = [src.image(0, t) for t in range(3)]  # 64x64 camera frames; the model sees 16x16
     wide = np.zeros((40, 60, 3), np.uint8)

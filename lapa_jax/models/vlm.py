@@ -47,6 +47,10 @@ class VLMConfig:
     max_text_len: int = 24
     num_latent_tokens: int = 4
     latent_codes: int = 8
+    # > 0: a continuous head instead of the token head. The num_latent_tokens positions
+    # become learned queries (one per future step of an action chunk), each read out
+    # to action_dim values in one pass (no autoregression, no latent_codes).
+    action_dim: int = 0
     rope_base: float = 10_000.0
     freeze_vision: bool = False
     scan_layers: bool = False
@@ -84,6 +88,8 @@ class VLMConfig:
             raise ValueError(
                 f"vit_width {self.vit_width} must divide by vit_heads {self.vit_heads}"
             )
+        if self.action_dim < 0:
+            raise ValueError(f"model.action_dim must be >= 0, got {self.action_dim}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary positions, got {self.head_dim}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -289,30 +295,53 @@ class VLM(nn.Module):
             (c.vocab_size, c.width),
             jnp.float32,
         )
-        self.latent_begin = self.param(
-            "latent_begin",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
-            (c.width,),
-            jnp.float32,
-        )
-        self.latent_embed = self.param(
-            "latent_embed",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
-            (c.num_latent_tokens, c.latent_codes, c.width),
-            jnp.float32,
-        )
-        self.latent_head = self.param(
-            "latent_head",
-            nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed", None)),
-            (c.num_latent_tokens, c.width, c.latent_codes),
-            jnp.float32,
-        )
+        if c.action_dim:
+            self.action_queries = self.param(
+                "action_queries",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+                (c.num_latent_tokens, c.width),
+                jnp.float32,
+            )
+            self.action_head = self.param(
+                "action_head",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed", None)),
+                (c.num_latent_tokens, c.width, c.action_dim),
+                jnp.float32,
+            )
+            self.action_bias = self.param(
+                "action_bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
+                (c.num_latent_tokens, c.action_dim),
+                jnp.float32,
+            )
+        else:
+            self.latent_begin = self.param(
+                "latent_begin",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+                (c.width,),
+                jnp.float32,
+            )
+            self.latent_embed = self.param(
+                "latent_embed",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+                (c.num_latent_tokens, c.latent_codes, c.width),
+                jnp.float32,
+            )
+            self.latent_head = self.param(
+                "latent_head",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed", None)),
+                (c.num_latent_tokens, c.width, c.latent_codes),
+                jnp.float32,
+            )
         self.layers = _stack(c, LMBlock, c.depth, "layers")
         self.final_norm = RMSNorm(c.jnp_dtype)
 
     def _latent_inputs(self, codes_BL: jax.Array) -> jax.Array:
-        """Input at latent position k: a begin vector for k = 0, else code k-1's embedding."""
+        """Input at latent position k: a begin vector for k = 0, else code k-1's embedding
+        (the continuous head: query k, whatever the codes)."""
         b, n = codes_BL.shape[0], self.cfg.num_latent_tokens
+        if self.cfg.action_dim:
+            return jnp.broadcast_to(self.action_queries, (b, n, self.cfg.width))
         prev = self.latent_embed[jnp.arange(n - 1)[None, :], codes_BL[:, : n - 1]]  # [B, n-1, W]
         begin = jnp.broadcast_to(self.latent_begin, (b, 1, self.cfg.width))
         return jnp.concatenate([begin, prev], axis=1)
@@ -356,12 +385,18 @@ class VLM(nn.Module):
         with_text_logits: bool = False,
     ) -> dict[str, jax.Array]:
         """Teacher-forced logits of the latent codes [B, L, latent_codes] (position k
-        sees codes < k), and optionally next-token logits of the prompt [B, T, vocab]."""
+        sees codes < k), and optionally next-token logits of the prompt [B, T, vocab].
+        The continuous head gives "actions" [B, L, action_dim] instead (codes unused)."""
         c = self.cfg
         h = self.hidden(images_BHWC, text_BT, text_mask_BT, codes_BL)
         start = c.num_patches + c.max_text_len
         h_lat = h[:, start : start + c.num_latent_tokens].astype(jnp.float32)
-        out = {"latent_logits": jnp.einsum("blw,lwc->blc", h_lat, self.latent_head)}
+        if c.action_dim:
+            out = {
+                "actions": jnp.einsum("blw,lwa->bla", h_lat, self.action_head) + self.action_bias
+            }
+        else:
+            out = {"latent_logits": jnp.einsum("blw,lwc->blc", h_lat, self.latent_head)}
         if with_text_logits:
             h_txt = h[:, c.num_patches : start].astype(jnp.float32)
             out["text_logits"] = jnp.einsum("btw,vw->btv", h_txt, self.embedder)
@@ -377,9 +412,12 @@ class VLM(nn.Module):
     ) -> jax.Array:
         """The 4 latent codes [B, L], one position after another: greedy when
         temperature is 0, else sampled. Recomputes the sequence per position (no cache):
-        cheap for L = 4 next to the prefix."""
+        cheap for L = 4 next to the prefix. The continuous head: its actions [B, L, A],
+        in one pass."""
         c = self.cfg
         codes = jnp.zeros((images_BHWC.shape[0], c.num_latent_tokens), jnp.int32)
+        if c.action_dim:
+            return self(images_BHWC, text_BT, text_mask_BT, codes)["actions"]
         for k in range(c.num_latent_tokens):
             logits = self(images_BHWC, text_BT, text_mask_BT, codes)["latent_logits"][:, k]
             if temperature > 0:

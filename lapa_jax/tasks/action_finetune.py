@@ -1,10 +1,11 @@
 """Stage 3: the latent head is replaced by a robot action head and the VLM is finetuned
 on a small action-labelled dataset.
 
-The binned head (the paper's): each action dimension is one token, predicted one
-dimension after another through the same per-position embeddings and heads the latent
-tokens used, now with one class per bin (ActionBins, fitted on the finetuning data's
-train split and saved with the run). Starting points, from one config:
+Heads (lapa_jax.action_heads): binned, the paper's (one token per action dimension,
+predicted one after another through the per-position embeddings and heads the latent
+tokens used, one class per bin), or chunked (the next K normalized actions from K
+learned queries, L1 loss). The head's fitted state (bins or statistics, from the train
+split) is saved in the run's config.json. Starting points, from one config:
 - LAPA: `init_from` = a latent-pretraining run (its vision encoder and language model
   are loaded; the latent head is not, having other shapes);
 - scratch: `init_from` empty;
@@ -14,30 +15,27 @@ train split and saved with the run). Starting points, from one config:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lapa_jax.action_bins import ActionBins
+from lapa_jax import action_heads
 from lapa_jax.data import pipelines
 from lapa_jax.data.sources import DataError, EpisodeSource
 from lapa_jax.tasks.latent_pretrain import LatentPretrainTask, PromptedSteps
 
-HEADS = ("binned",)
 
+class ActionSteps(PromptedSteps):
+    """Steps with the prompt tokenized, the current action, and the head's targets
+    (bin tokens under the "latent" key the token head reads, or a normalized chunk)."""
 
-class BinnedActionSteps(PromptedSteps):
-    """Steps with the prompt tokenized and the action as one bin token per dimension,
-    under the "latent" key the model's token head reads."""
-
-    def __init__(
-        self, steps: pipelines.StepSource, tokenizer: Any, max_text_len: int, bins: ActionBins
-    ):
-        super().__init__(steps, tokenizer, max_text_len, bins.max_bins, bins.dim)
-        self.bins = bins
+    def __init__(self, steps: pipelines.StepSource, tokenizer: Any, max_text_len: int, head: Any):
+        super().__init__(steps, tokenizer, max_text_len, 0, 0)
+        self.head = head
+        self._actions: dict[int, np.ndarray] = {}  # per episode, read without images
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         item = self.steps[index]
@@ -45,13 +43,15 @@ class BinnedActionSteps(PromptedSteps):
         if text not in self._cache:
             self._cache[text] = self.tokenizer.prompt(text, self.max_text_len)
         ids, mask = self._cache[text]
-        action = np.asarray(item["action"], np.float32)[None]
+        e, t = int(item["episode"]), int(item["t"])
+        if e not in self._actions:
+            self._actions[e] = self.steps.source.actions(e)
         return {
             "image": item["image"],
             "text": ids,
             "text_mask": mask,
-            "latent": self.bins.encode(action)[0],
-            "action": action[0],
+            "action": np.asarray(item["action"], np.float32),
+            **self.head.targets(self._actions[e], t),
             "episode": item["episode"],
             "t": item["t"],
         }
@@ -61,12 +61,10 @@ class ActionFinetuneTask(LatentPretrainTask):
     name = "action_finetune"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        head = config.get("head", "binned")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        self.bins = self._bins(config)
-        config.model.num_latent_tokens = self.bins.dim
-        config.model.latent_codes = self.bins.max_bins
+        self.head = action_heads.saved_head(config) or self._fit_head(config)
+        for key, value in self.head.model_overrides().items():
+            config.model[key] = value
+        self.bins = getattr(self.head, "bins", None)
         init_from = config.get("init_from", "")
         if init_from:
             if not os.path.isfile(os.path.join(init_from, "config.json")):
@@ -76,36 +74,45 @@ class ActionFinetuneTask(LatentPretrainTask):
         super().__init__(config)
 
     @staticmethod
-    def _bins(config: ml_collections.ConfigDict) -> ActionBins:
-        """Bins saved in the config (a resumed or served run) or fitted on the train split
-        and stored there, so config.json carries them with every checkpoint."""
-        saved = config.get("action_bins", "")
-        if saved:
-            return ActionBins.from_json(json.loads(saved))
+    def _fit_head(config: ml_collections.ConfigDict) -> Any:
         d = config.data
         source = EpisodeSource(d.dir, d.spec, d.split)
         if not source.spec.has_actions:
             raise DataError(f"{d.dir}: spec {source.spec.name!r} has no actions to finetune on")
         actions = np.concatenate([source.actions(e) for e in range(len(source))])
-        # The paper's robots open or close the gripper; Meta-World's experts grade the
-        # effort, so a binary gripper there loses a third of that dimension's variance.
-        binary = bool(config.get("binary_gripper", True))
-        bins = ActionBins.fit(
-            actions,
-            num_bins=int(config.get("num_bins", 256)),
-            gripper_index=source.spec.gripper_index if binary else None,
-        )
-        config.action_bins = json.dumps(bins.to_json())
-        return bins
+        return action_heads.fit_head(config, actions, source.spec.gripper_index)
 
-    def step_source(self, split: str) -> BinnedActionSteps:
+    @property
+    def chunked(self) -> bool:
+        return self.head.name == "chunked"
+
+    def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        batch = super().dummy_batch(batch_size)
+        if self.chunked:
+            k, a = self.head.chunk_size, self.head.action_dim
+            batch["actions"] = np.zeros((batch_size, k, a), np.float32)
+            batch["action_mask"] = np.ones((batch_size, k), np.float32)
+        return batch
+
+    def loss(self, params, task_state, batch, rng, step):
+        if not self.chunked:
+            return super().loss(params, task_state, batch, rng, step)
+        out = self.model.apply(
+            {"params": params}, batch["image"], batch["text"], batch["text_mask"], batch["latent"]
+        )
+        loss, metrics = self.head.loss(out["actions"].astype(jnp.float32), batch)
+        metrics["loss"] = loss
+        return loss, (metrics, None)
+
+    def step_source(self, split: str) -> ActionSteps:
         d = self.config.data
         if self.tokenizer is None:
             raise ValueError("reading data needs data.tokenizer (a sentencepiece .model file)")
         source = EpisodeSource(d.dir, d.spec, split)
-        if source.action_dim != self.bins.dim:
+        if source.action_dim != self.head.action_dim:
             raise DataError(
-                f"{d.dir}: actions have {source.action_dim} dimensions, the bins {self.bins.dim}"
+                f"{d.dir}: actions have {source.action_dim} dimensions, the head "
+                f"{self.head.action_dim}"
             )
         steps = pipelines.StepSource(
             source,
@@ -113,30 +120,37 @@ class ActionFinetuneTask(LatentPretrainTask):
             with_actions=True,
             with_latent_actions=False,
         )
-        return BinnedActionSteps(steps, self.tokenizer, self.model_cfg.max_text_len, self.bins)
+        return ActionSteps(steps, self.tokenizer, self.model_cfg.max_text_len, self.head)
 
     def evaluate(self, params: Any, mesh: Any, max_steps: int | None = None) -> dict[str, Any]:
-        """Greedy action tokens on held-out steps: per-dimension token accuracy against
-        the majority bin, and the error of the decoded actions against always
-        predicting the train split's mean action."""
-        pred, fields = self.decode_held_out(params, mesh, ("latent", "action"), max_steps)
-        true, act = fields["latent"], fields["action"]
+        """On held-out steps: the error of the decoded first action against always
+        predicting the train split's mean action; per-dimension token accuracy against
+        the majority bin (binned), or the L1 of the whole chunk (chunked)."""
+        keys = ("action", "actions", "action_mask") if self.chunked else ("latent", "action")
+        pred, fields = self.decode_held_out(params, mesh, keys, max_steps)
+        act = fields["action"]
         train = self._train_actions()
-        decoded = self.bins.decode(
-            np.clip(pred, 0, [self.bins.bins(i) - 1 for i in range(self.bins.dim)])
-        )
+        decoded = self.head.to_actions(pred)[:, 0]
         out: dict[str, Any] = {"held_out_steps": len(pred)}
-        majority = np.asarray(
-            [np.bincount(self.bins.encode(train)[:, i]).argmax() for i in range(self.bins.dim)]
-        )
-        for i in range(self.bins.dim):
-            out[f"token_accuracy_dim_{i}"] = float(np.mean(pred[:, i] == true[:, i]))
-            out[f"majority_token_accuracy_dim_{i}"] = float(np.mean(true[:, i] == majority[i]))
+        if self.chunked:
+            mask = fields["action_mask"][..., None]
+            err = np.abs(pred - fields["actions"]) * mask
+            out["chunk_l1"] = float(err.sum() / (mask.sum() * pred.shape[-1]))
+            out["mean_chunk_l1"] = float(
+                (np.abs(self.head.normalize(train.mean(0)) - fields["actions"]) * mask).sum()
+                / (mask.sum() * pred.shape[-1])
+            )
+        else:
+            true, bins = fields["latent"], self.bins
+            majority = np.asarray(
+                [np.bincount(bins.encode(train)[:, i]).argmax() for i in range(bins.dim)]
+            )
+            for i in range(bins.dim):
+                out[f"token_accuracy_dim_{i}"] = float(np.mean(pred[:, i] == true[:, i]))
+                out[f"majority_token_accuracy_dim_{i}"] = float(np.mean(true[:, i] == majority[i]))
+            out["bin_quantization_mse"] = float(np.mean((bins.decode(bins.encode(act)) - act) ** 2))
         out["action_mse"] = float(np.mean((decoded - act) ** 2))
         out["mean_action_mse"] = float(np.mean((train.mean(0) - act) ** 2))
-        out["bin_quantization_mse"] = float(
-            np.mean((self.bins.decode(self.bins.encode(act)) - act) ** 2)
-        )
         return out
 
     def _train_actions(self) -> np.ndarray:
