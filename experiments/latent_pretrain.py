@@ -84,8 +84,12 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             warmup_steps=100,
             final_lr_fraction=0.1,
             frozen=[],  # top-level parameter names, e.g. ["vision"]
+            trainable=[],  # if set, only parameters whose path matches one (re.search)
         )
     )
+    # LoRA (lapa_jax.lora): rank > 0 adds adapters to the language model and trains
+    # only them and the head, the base frozen; the adapter is saved in WORKDIR/adapter.
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0))
     c.train = ml_collections.ConfigDict(
         dict(
             steps=2000,

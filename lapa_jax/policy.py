@@ -26,7 +26,13 @@ from lapa_jax.models.vlm import VLM
 
 
 class Policy:
-    def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        workdir: str,
+        step: int | None = None,
+        batch_size: int = 8,
+        from_adapter: bool = False,
+    ):
         from lapa_jax.evaluate_laq import load_config, load_params
         from lapa_jax.tasks.action_finetune import ActionFinetuneTask
 
@@ -39,13 +45,21 @@ class Policy:
                 f"{workdir}/config.json holds no fitted action head (action_bins or "
                 "action_stats): not a finished run"
             )
+        if from_adapter:  # the base rebuilt, the LoRA adapter on top (lapa_jax.lora)
+            from lapa_jax.lora import ADAPTER_DIR, load_adapter
+
+            self.params, config, self.step = load_adapter(os.path.join(workdir, ADAPTER_DIR))
         config.init = {"vision_from": "", "language_from": "", "step": -1}
         config.init_from = ""
         self.config = config
         self.task = ActionFinetuneTask(config)
         self.head = self.task.head
-        self.params, self.step = load_params(workdir, config, step)
-        self.params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), self.params)
+        if not from_adapter:
+            self.params, self.step = load_params(workdir, config, step)
+        self.params = jax.tree.map(
+            lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x),
+            self.params,
+        )
         cfg = self.task.model_cfg
         self.image_size, self.resize_mode = cfg.image_size, str(config.data.resize_mode)
         self.max_text_len = cfg.max_text_len
@@ -62,8 +76,10 @@ class Policy:
         self._prompts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def load(cls, workdir: str, step: int | None = None, batch_size: int = 8) -> Policy:
-        return cls(workdir, step, batch_size)
+    def load(
+        cls, workdir: str, step: int | None = None, batch_size: int = 8, from_adapter: bool = False
+    ) -> Policy:
+        return cls(workdir, step, batch_size, from_adapter)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -63,23 +65,33 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
 
 
-def _zero_subtrees(names: tuple[str, ...]) -> optax.GradientTransformation:
-    def init(params: Any) -> optax.EmptyState:
-        missing = sorted(set(names) - set(params))
+def frozen_labels(frozen: tuple[str, ...], trainable: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Labels each parameter "train" or "frozen": frozen if its top-level name is in
+    `frozen`, or if `trainable` patterns are given and none matches its '/'-joined path
+    (re.search). Unknown frozen names and a model left with nothing to train are errors."""
+    patterns = [re.compile(p) for p in trainable]
+
+    def labels(params: Any) -> Any:
+        missing = sorted(set(frozen) - set(params))
         if missing:
             raise ValueError(
                 f"optimizer.frozen names {missing}, not top-level parameters {sorted(params)}"
             )
-        return optax.EmptyState()
+        flat = traverse_util.flatten_dict(params, sep="/")
+        out = {}
+        for path in flat:
+            keep = path.split("/")[0] not in frozen
+            if patterns:
+                keep = keep and any(p.search(path) for p in patterns)
+            out[path] = "train" if keep else "frozen"
+        if "train" not in out.values():
+            raise ValueError(
+                f"optimizer.frozen {list(frozen)} / trainable {list(trainable)} leave no "
+                "parameter to train"
+            )
+        return traverse_util.unflatten_dict(out, sep="/")
 
-    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        del params
-        zeroed = {
-            k: jax.tree.map(jnp.zeros_like, v) if k in names else v for k, v in updates.items()
-        }
-        return zeroed, state
-
-    return optax.GradientTransformation(init, update)
+    return labels
 
 
 def make_optimizer(
@@ -98,13 +110,16 @@ def make_optimizer(
         [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip and opt.grad_clip > 0 else []
     )
     frozen = tuple(opt.get("frozen", ()) or ())
-    if not frozen:
+    trainable = tuple(opt.get("trainable", ()) or ())
+    if not (frozen or trainable):
         return optax.chain(*parts, core), schedule
-    # Frozen subtrees (top-level parameter names, e.g. "vision"): their gradients are
-    # zeroed before clipping and their updates after the optimizer, weight decay
-    # included. The state keeps its shape, so shardings and checkpoints do not change.
-    zero = _zero_subtrees(frozen)
-    tx = optax.chain(zero, *parts, core, zero)
+    # Frozen parameters (top-level names such as "vision", or everything that no
+    # `trainable` pattern matches, as LoRA does) get no update, weight decay included,
+    # no optimizer state, and no say in gradient clipping.
+    tx = optax.multi_transform(
+        {"train": optax.chain(*parts, core), "frozen": optax.set_to_zero()},
+        frozen_labels(frozen, trainable),
+    )
     return tx, schedule
 
 
@@ -185,7 +200,7 @@ class Trainer:
 
     def _init_summary(self) -> str:
         r = self.pretrained_report
-        if not r:
+        if not r.get("loaded"):
             return "new run, random initialisation"
         parts = [f"{k} from {v['source']}" for k, v in r.items() if isinstance(v, dict)]
         return f"new run, {r.get('loaded', 0)} arrays loaded ({'; '.join(parts)})"
@@ -325,6 +340,8 @@ class Trainer:
                         )
                     ckpt.save(done, state, data_iter)
                     last_good = done
+                if done == t.steps:
+                    self.task.after_run(self.workdir, state.params, done)
         finally:
             ckpt.close()
             writer.close()

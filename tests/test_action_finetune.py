@@ -150,6 +150,53 @@ def test_chunked_policy_predicts_chunks(metaworld_dir, chunked_run):
         policy.act(frames[0], text[0], temperature=1.0)
 
 
+@pytest.fixture(scope="module")
+def lora_run(metaworld_dir, tokenizer_path, latent_run, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("lora"))
+    c = tiny_config(metaworld_dir, tokenizer_path, steps=6, eval_every=0, checkpoint_every=6)
+    c.init_from, c.lora.rank = latent_run[0], 2
+    c.optimizer.lr = 1e-2  # a few steps must move the adapters visibly
+    trainer = Trainer(c, workdir)
+    return workdir, trainer, trainer.run()
+
+
+def test_lora_trains_adapters_and_head_only_and_saves_a_small_adapter(
+    metaworld_dir, latent_run, lora_run
+):
+    from lapa_jax.policy import Policy
+
+    workdir, _trainer, state = lora_run
+    ours = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    base = traverse_util.flatten_dict(latent_run[1].params, sep="/")
+    adapters = [k for k in ours if k.rsplit("/", 1)[-1] in ("lora_a", "lora_b")]
+    # Every projection of every language block, none in the vision encoder.
+    names = {"query", "key", "value", "out", "gate", "up", "down"}
+    assert {k.split("/")[-2] for k in adapters} == names
+    assert all(k.startswith("layers/") for k in adapters)
+    assert ours["layers/layer_0/attn/query/lora_a"].shape[-1] == 2
+    assert any(np.abs(ours[k]).max() > 0 for k in adapters if k.endswith("lora_b"))
+    for key, value in ours.items():
+        if key in adapters or key.startswith("latent_"):
+            continue
+        np.testing.assert_array_equal(value, base[key], err_msg=f"{key} moved: base not frozen")
+    # No optimizer moments for the frozen base.
+    trained = sum(v.size for k, v in ours.items() if k in adapters or k.startswith("latent_"))
+    opt = sum(np.size(x) for x in jax.tree.leaves(state.opt_state))
+    assert opt <= 2 * trained + 16 < sum(v.size for v in ours.values())
+    with open(os.path.join(workdir, "adapter", "adapter.json")) as f:
+        meta = json.load(f)
+    assert meta["parameters"] == trained and meta["parameters"] < meta["model_parameters"] / 4
+    assert meta["base"] == os.path.abspath(latent_run[0]) and meta["step"] == 6
+    # The adapter on its rebuilt base is the finetuned model.
+    full = Policy.load(workdir, batch_size=2)
+    small = Policy.load(workdir, batch_size=2, from_adapter=True)
+    for k, v in traverse_util.flatten_dict(full.params, sep="/").items():
+        np.testing.assert_array_equal(traverse_util.flatten_dict(small.params, sep="/")[k], v)
+    source = EpisodeSource(metaworld_dir, "metaworld", "val")
+    frames, text = [source.image(0, t) for t in range(2)], [source.instruction(0)] * 2
+    np.testing.assert_array_equal(full.act_batch(frames, text), small.act_batch(frames, text))
+
+
 def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_path):
     c = tiny_config(metaworld_dir, tokenizer_path)
     c.init_from = str(tmp_path / "nothing")
@@ -163,6 +210,14 @@ def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_pa
     c.head, c.chunk_size = "chunked", 0
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         Trainer(c, "/nonexistent")
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.lora.rank = -1
+    with pytest.raises(ValueError, match=r"lora\.rank must be >= 0"):
+        Trainer(c, "/nonexistent")
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.optimizer.trainable = ["no_such_parameter"]
+    with pytest.raises(ValueError, match="leave no parameter to train"):
+        Trainer(c, "/nonexistent").init_state()
 
 
 def test_policy_acts_on_raw_images(metaworld_dir, scratch_run, full_run):

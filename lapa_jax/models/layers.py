@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -32,7 +33,11 @@ def dense_init(scale: float = 1.0) -> nn.initializers.Initializer:
 
 
 class DenseGeneral(nn.Module):
-    """A Dense layer whose kernel carries logical axis names."""
+    """A Dense layer whose kernel carries logical axis names.
+
+    lora_rank > 0 adds a low-rank adapter: y += scale * (x @ lora_a) @ lora_b, with
+    lora_b zero-initialised so the layer starts as the base layer (Hu et al., 2021).
+    """
 
     features: int | tuple[int, ...]
     axes: tuple[str | None, ...]
@@ -40,6 +45,8 @@ class DenseGeneral(nn.Module):
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = dense_init()
+    lora_rank: int = 0
+    lora_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,6 +72,27 @@ class DenseGeneral(nn.Module):
                 jnp.float32,
             )
             y = y + bias.astype(self.dtype)
+        if self.lora_rank:
+            n_in = len(in_axes)
+            a = self.param(
+                "lora_a",
+                nn.with_logical_partitioning(
+                    nn.initializers.normal(1.0 / np.sqrt(np.prod(in_shape))),
+                    (*self.axes[:n_in], None),
+                ),
+                (*in_shape, self.lora_rank),
+                jnp.float32,
+            )
+            b = self.param(
+                "lora_b",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.axes[n_in:])),
+                (self.lora_rank, *features),
+                jnp.float32,
+            )
+            h = jax.lax.dot_general(
+                x.astype(self.dtype), a.astype(self.dtype), (contract, ((), ()))
+            )
+            y = y + self.lora_scale * jnp.tensordot(h, b.astype(self.dtype), axes=1)
         return y
 
 

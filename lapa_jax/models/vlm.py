@@ -51,6 +51,10 @@ class VLMConfig:
     # become learned queries (one per future step of an action chunk), each read out
     # to action_dim values in one pass (no autoregression, no latent_codes).
     action_dim: int = 0
+    # > 0: low-rank adapters on every projection of the language model (attention and
+    # MLP), scaled by lora_alpha / lora_rank; train them alone with the base frozen.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
     rope_base: float = 10_000.0
     freeze_vision: bool = False
     scan_layers: bool = False
@@ -88,6 +92,8 @@ class VLMConfig:
             raise ValueError(
                 f"vit_width {self.vit_width} must divide by vit_heads {self.vit_heads}"
             )
+        if self.lora_rank < 0:
+            raise ValueError(f"model.lora_rank must be >= 0, got {self.lora_rank}")
         if self.action_dim < 0:
             raise ValueError(f"model.action_dim must be >= 0, got {self.action_dim}")
         if self.head_dim % 2:
@@ -150,13 +156,21 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
     use_bias: bool = False
     rope_base: float | None = None
+    lora_rank: int = 0
+    lora_scale: float = 1.0
 
     @nn.compact
     def __call__(
         self, x_BTE: jax.Array, mask_BQK: jax.Array | None, positions_BT: jax.Array | None
     ) -> jax.Array:
+        lora = dict(lora_rank=self.lora_rank, lora_scale=self.lora_scale)
         dense = lambda heads, axes, name: DenseGeneral(  # noqa: E731
-            (heads, self.head_dim), axes, use_bias=self.use_bias, dtype=self.dtype, name=name
+            (heads, self.head_dim),
+            axes,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name=name,
+            **lora,
         )
         q = dense(self.num_heads, ("embed", "heads", "kv"), "query")(x_BTE)
         k = dense(self.num_kv_heads, ("embed", "kv_heads", "kv"), "key")(x_BTE)
@@ -181,6 +195,7 @@ class Attention(nn.Module):
             use_bias=self.use_bias,
             dtype=self.dtype,
             name="out",
+            **lora,
         )(out)
 
 
@@ -209,16 +224,18 @@ class LMBlock(nn.Module):
     ) -> tuple[jax.Array, None]:
         c, dt = self.cfg, self.cfg.jnp_dtype
         mask, positions = mask_positions
+        lora = dict(lora_rank=c.lora_rank, lora_scale=c.lora_alpha / max(c.lora_rank, 1))
         h = RMSNorm(dt, name="pre_attn_norm")(x)
         x = x + Attention(
-            c.num_heads, c.num_kv_heads, c.head_dim, dt, rope_base=c.rope_base, name="attn"
+            c.num_heads, c.num_kv_heads, c.head_dim, dt, rope_base=c.rope_base, name="attn", **lora
         )(h, mask, positions)
         h = RMSNorm(dt, name="pre_mlp_norm")(x)
-        gate = DenseGeneral(c.mlp, ("embed", "mlp"), use_bias=False, dtype=dt, name="gate")(h)
-        up = DenseGeneral(c.mlp, ("embed", "mlp"), use_bias=False, dtype=dt, name="up")(h)
-        x = x + DenseGeneral(c.width, ("mlp", "embed"), use_bias=False, dtype=dt, name="down")(
-            nn.gelu(gate) * up
+        dense = lambda n, axes, name: DenseGeneral(  # noqa: E731
+            n, axes, use_bias=False, dtype=dt, name=name, **lora
         )
+        gate = dense(c.mlp, ("embed", "mlp"), "gate")(h)
+        up = dense(c.mlp, ("embed", "mlp"), "up")(h)
+        x = x + dense(c.width, ("mlp", "embed"), "down")(nn.gelu(gate) * up)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 

@@ -50,6 +50,10 @@ class Task(abc.ABC):
         del aux, rng, step
         return params, task_state, {}
 
+    def after_run(self, workdir: str, params: Any, step: int) -> None:
+        """Called once when a run reaches its last step (after the final checkpoint)."""
+        del workdir, params, step
+
     def loader(self, source: Any, global_batch_size: int, seed: int, shuffle: bool) -> Any:
         """The Grain loader over a random-access source, with this config's data options."""
         from lapa_jax.data import pipelines

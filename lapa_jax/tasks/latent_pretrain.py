@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lapa_jax import sharding
+from lapa_jax import lora, sharding
 from lapa_jax.data import pipelines
 from lapa_jax.data.sources import DataError, EpisodeSource
 from lapa_jax.models.vlm import VLM, VLMConfig
@@ -95,6 +95,7 @@ class LatentPretrainTask(Task):
             raise ValueError(
                 f"model.vocab_size {model['vocab_size']} < the tokenizer's {self.tokenizer.vocab_size}"
             )
+        lora.configure(config, model)
         self.model_cfg = VLMConfig.from_dict(model)
         if self.model_cfg.image_size != d.image_size:
             raise ValueError(
@@ -128,6 +129,10 @@ class LatentPretrainTask(Task):
 
     def tokens_per_example(self) -> int:
         return self.model_cfg.seq_len
+
+    def after_run(self, workdir: str, params: Any, step: int) -> None:
+        if self.model_cfg.lora_rank:
+            lora.save_adapter(workdir, params, self.config, step)
 
     def pretrained(self, target_shapes):
         from lapa_jax.pretrained import pretrained_arrays
