@@ -98,6 +98,7 @@ def chunked_run(metaworld_dir, tokenizer_path, latent_run, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("chunked"))
     c = tiny_config(metaworld_dir, tokenizer_path)
     c.head, c.chunk_size, c.init_from = "chunked", 3, latent_run[0]
+    c.lock()  # as config_flags hands it over
     trainer = Trainer(c, workdir)
     return workdir, trainer, trainer.run()
 

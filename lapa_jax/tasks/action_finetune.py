@@ -62,8 +62,9 @@ class ActionFinetuneTask(LatentPretrainTask):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.head = action_heads.saved_head(config) or self._fit_head(config)
-        for key, value in self.head.model_overrides().items():
-            config.model[key] = value
+        with config.unlocked():  # config files from the command line arrive locked
+            for key, value in self.head.model_overrides().items():
+                config.model[key] = value
         self.bins = getattr(self.head, "bins", None)
         init_from = config.get("init_from", "")
         if init_from:
