@@ -32,6 +32,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
     c.task = "action_finetune"
     c.data.dir = "data/metaworld"
     c.data.spec = "metaworld"
+    # An npz of per-episode actions (data_pipelines.label_idm_actions) used in place of
+    # the dataset's own: pretraining on pseudo-labelled video (the VPT-style baseline).
+    c.data.action_labels = ""
     c.head = "binned"  # or "chunked": the next chunk_size actions, L1, one pass
     c.num_bins = 256
     # Binary open/close gripper (the paper's, kept by tiny); Meta-World's experts grade

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lapa_jax.sharding import DEFAULT_RULES
+from experiments import common
 
 VARIANTS = ("tiny", "metaworld", "metaworld_faithful", "paper")
 
@@ -123,24 +123,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
         )
     )
 
-    c.train = ml_collections.ConfigDict(
-        dict(
-            steps=3000,
-            batch_size=32,
-            seed=0,
-            log_every=25,
-            image_every=500,
-            checkpoint_every=500,
-            keep_checkpoints=3,
-            async_checkpoints=True,
-            progress_bar=True,
-        )
-    )
+    c.train = common.train_config(steps=3000, image_every=500)
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    c.sharding_rules = [
-        list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])] for r in DEFAULT_RULES
-    ]
+    common.add_mesh(c)
 
     if variant in ("metaworld", "metaworld_faithful"):
         # bf16 compute (float32 parameters): 1.6x the samples/s of float32 on this CPU.

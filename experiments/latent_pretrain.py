@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lapa_jax.sharding import DEFAULT_RULES
+from experiments import common
 
 VARIANTS = ("tiny", "metaworld", "1b", "7b")
 
@@ -90,26 +90,10 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
     # LoRA (lapa_jax.lora): rank > 0 adds adapters to the language model and trains
     # only them and the head, the base frozen; the adapter is saved in WORKDIR/adapter.
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0))
-    c.train = ml_collections.ConfigDict(
-        dict(
-            steps=2000,
-            batch_size=32,
-            seed=0,
-            log_every=25,
-            image_every=0,
-            eval_every=500,
-            checkpoint_every=500,
-            keep_checkpoints=3,
-            async_checkpoints=True,
-            progress_bar=True,
-        )
-    )
+    c.train = common.train_config(eval_every=500)
     c.eval_max_steps = 512
     c.eval_batch_size = 64
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    c.sharding_rules = [
-        list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])] for r in DEFAULT_RULES
-    ]
+    common.add_mesh(c)
 
     if variant == "tiny":
         c.data.image_size = 16
@@ -132,16 +116,7 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             )
         )
         c.optimizer.update(dict(lr=3e-3, warmup_steps=2))
-        c.train.update(
-            dict(
-                steps=6,
-                batch_size=8,
-                log_every=2,
-                eval_every=6,
-                checkpoint_every=3,
-                progress_bar=False,
-            )
-        )
+        c.train.update(common.tiny_train(checkpoint_every=3))
         c.eval_max_steps = 16
         c.eval_batch_size = 8
     elif variant in ("1b", "7b"):

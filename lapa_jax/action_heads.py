@@ -46,16 +46,47 @@ class BinnedHead:
         return self.bins.decode(np.minimum(np.asarray(tokens_NA), limit))[:, None]
 
 
-class ChunkedHead:
-    name = "chunked"
+class ActionStats:
+    """Per-dimension mean and std of the train split's actions, for normalizing."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, chunk_size: int):
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.maximum(np.asarray(std, np.float32), MIN_STD)
         if self.mean.ndim != 1 or self.mean.shape != self.std.shape:
             raise ValueError(f"action statistics of shapes {self.mean.shape}, {self.std.shape}")
         if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.std))):
             raise ValueError("action statistics must be finite")
+
+    @classmethod
+    def fit(cls, actions_NA: np.ndarray) -> ActionStats:
+        a = np.asarray(actions_NA, np.float64)
+        if a.ndim != 2 or len(a) == 0 or not np.all(np.isfinite(a)):
+            raise ValueError(f"fit needs finite actions [N, A] with N >= 1, got {a.shape}")
+        return cls(a.mean(0), a.std(0))
+
+    def normalize(self, actions: np.ndarray) -> np.ndarray:
+        return ((np.asarray(actions, np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def denormalize(self, normalized: np.ndarray) -> np.ndarray:
+        return (np.asarray(normalized, np.float32) * self.std + self.mean).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ActionStats:
+        try:
+            return cls(np.asarray(d["mean"]), np.asarray(d["std"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not an action-statistics record: {e}") from e
+
+
+class ChunkedHead:
+    name = "chunked"
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, chunk_size: int):
+        self.stats = ActionStats(mean, std)
+        self.mean, self.std = self.stats.mean, self.stats.std
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
@@ -63,19 +94,17 @@ class ChunkedHead:
 
     @classmethod
     def fit(cls, actions_NA: np.ndarray, chunk_size: int) -> ChunkedHead:
-        a = np.asarray(actions_NA, np.float64)
-        if a.ndim != 2 or len(a) == 0 or not np.all(np.isfinite(a)):
-            raise ValueError(f"fit needs finite actions [N, A] with N >= 1, got {a.shape}")
-        return cls(a.mean(0), a.std(0), chunk_size)
+        stats = ActionStats.fit(actions_NA)
+        return cls(stats.mean, stats.std, chunk_size)
 
     def model_overrides(self) -> dict[str, int]:
         return {"num_latent_tokens": self.chunk_size, "action_dim": self.action_dim}
 
     def normalize(self, actions: np.ndarray) -> np.ndarray:
-        return ((np.asarray(actions, np.float32) - self.mean) / self.std).astype(np.float32)
+        return self.stats.normalize(actions)
 
     def to_actions(self, normalized_NKA: np.ndarray) -> np.ndarray:
-        return (np.asarray(normalized_NKA, np.float32) * self.std + self.mean).astype(np.float32)
+        return self.stats.denormalize(normalized_NKA)
 
     def targets(self, actions_TA: np.ndarray, t: int) -> dict[str, np.ndarray]:
         """Actions t..t+K-1 (normalized); past the end, the last action, masked out."""
@@ -99,15 +128,14 @@ class ChunkedHead:
         return loss, metrics
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"mean": self.mean.tolist(), "std": self.std.tolist(), "chunk_size": self.chunk_size}
-        )
+        return json.dumps({**self.stats.to_json(), "chunk_size": self.chunk_size})
 
     @classmethod
     def from_json(cls, text: str) -> ChunkedHead:
         try:
             d = json.loads(text)
-            return cls(np.asarray(d["mean"]), np.asarray(d["std"]), int(d["chunk_size"]))
+            stats = ActionStats.from_json(d)
+            return cls(stats.mean, stats.std, int(d["chunk_size"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not an action-statistics record: {e}") from e
 

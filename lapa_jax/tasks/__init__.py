@@ -18,6 +18,10 @@ def get_task(name: str) -> type[Task]:
         from lapa_jax.tasks.action_finetune import ActionFinetuneTask
 
         return ActionFinetuneTask
+    if name == "idm":
+        from lapa_jax.tasks.idm import IDMTask
+
+        return IDMTask
     raise ValueError(
-        f"unknown task {name!r}; known tasks: ['laq', 'latent_pretrain', 'action_finetune']"
+        f"unknown task {name!r}; known tasks: ['laq', 'latent_pretrain', 'action_finetune', 'idm']"
     )

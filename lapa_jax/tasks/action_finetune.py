@@ -28,14 +28,60 @@ from lapa_jax.data.sources import DataError, EpisodeSource
 from lapa_jax.tasks.latent_pretrain import LatentPretrainTask, PromptedSteps
 
 
+class ActionLabels:
+    """Per-episode actions from an npz (data_pipelines.label_idm_actions) that stand in
+    for a dataset's own: pseudo-labels of action-free video."""
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data.action_labels: no file at {path}")
+        try:
+            with np.load(path) as z:
+                self.arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        except (OSError, ValueError) as e:
+            raise DataError(f"data.action_labels {path} is not a readable npz: {e}") from e
+        self.path = path
+
+    def episode(self, split: str, episode: int, length: int) -> np.ndarray:
+        key = f"{split}/{episode}"
+        if key not in self.arrays:
+            raise DataError(f"{self.path} has no actions for {key}: labelled from another dataset?")
+        a = self.arrays[key]
+        if a.ndim != 2 or len(a) != length:
+            raise DataError(
+                f"{self.path}: {key} has actions of shape {a.shape}, the episode {length} steps"
+            )
+        if not np.all(np.isfinite(a)):
+            raise DataError(f"{self.path}: {key} holds non-finite actions")
+        return a.astype(np.float32)
+
+
 class ActionSteps(PromptedSteps):
     """Steps with the prompt tokenized, the current action, and the head's targets
     (bin tokens under the "latent" key the token head reads, or a normalized chunk)."""
 
-    def __init__(self, steps: pipelines.StepSource, tokenizer: Any, max_text_len: int, head: Any):
+    def __init__(
+        self,
+        steps: pipelines.StepSource,
+        tokenizer: Any,
+        max_text_len: int,
+        head: Any,
+        labels: ActionLabels | None = None,
+        split: str = "",
+    ):
         super().__init__(steps, tokenizer, max_text_len, 0, 0)
         self.head = head
+        self.labels, self.split = labels, split
         self._actions: dict[int, np.ndarray] = {}  # per episode, read without images
+
+    def episode_actions(self, e: int) -> np.ndarray:
+        if e not in self._actions:
+            source = self.steps.source
+            if self.labels is not None:
+                self._actions[e] = self.labels.episode(self.split, e, int(source.lengths[e]))
+            else:
+                self._actions[e] = source.actions(e)
+        return self._actions[e]
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         item = self.steps[index]
@@ -44,14 +90,13 @@ class ActionSteps(PromptedSteps):
             self._cache[text] = self.tokenizer.prompt(text, self.max_text_len)
         ids, mask = self._cache[text]
         e, t = int(item["episode"]), int(item["t"])
-        if e not in self._actions:
-            self._actions[e] = self.steps.source.actions(e)
+        actions = self.episode_actions(e)
         return {
             "image": item["image"],
             "text": ids,
             "text_mask": mask,
-            "action": np.asarray(item["action"], np.float32),
-            **self.head.targets(self._actions[e], t),
+            "action": actions[t],
+            **self.head.targets(actions, t),
             "episode": item["episode"],
             "t": item["t"],
         }
@@ -61,6 +106,8 @@ class ActionFinetuneTask(LatentPretrainTask):
     name = "action_finetune"
 
     def __init__(self, config: ml_collections.ConfigDict):
+        path = config.data.get("action_labels", "")
+        self.action_labels = ActionLabels(path) if path else None
         self.head = action_heads.saved_head(config) or self._fit_head(config)
         with config.unlocked():  # config files from the command line arrive locked
             for key, value in self.head.model_overrides().items():
@@ -74,14 +121,28 @@ class ActionFinetuneTask(LatentPretrainTask):
             config.init.language_from = init_from
         super().__init__(config)
 
-    @staticmethod
-    def _fit_head(config: ml_collections.ConfigDict) -> Any:
+    def _split_actions(self, config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+        """Every action of a split (the dataset's own, or data.action_labels'), [N, A]."""
         d = config.data
-        source = EpisodeSource(d.dir, d.spec, d.split)
+        source = EpisodeSource(d.dir, d.spec, split)
+        if self.action_labels is not None:
+            return np.concatenate(
+                [
+                    self.action_labels.episode(split, e, int(source.lengths[e]))
+                    for e in range(len(source))
+                ]
+            )
         if not source.spec.has_actions:
-            raise DataError(f"{d.dir}: spec {source.spec.name!r} has no actions to finetune on")
-        actions = np.concatenate([source.actions(e) for e in range(len(source))])
-        return action_heads.fit_head(config, actions, source.spec.gripper_index)
+            raise DataError(
+                f"{d.dir}: spec {source.spec.name!r} has no actions to finetune on "
+                "(pseudo-label it and pass data.action_labels)"
+            )
+        return np.concatenate([source.actions(e) for e in range(len(source))])
+
+    def _fit_head(self, config: ml_collections.ConfigDict) -> Any:
+        d = config.data
+        gripper = EpisodeSource(d.dir, d.spec, d.split).spec.gripper_index
+        return action_heads.fit_head(config, self._split_actions(config, d.split), gripper)
 
     @property
     def chunked(self) -> bool:
@@ -110,18 +171,25 @@ class ActionFinetuneTask(LatentPretrainTask):
         if self.tokenizer is None:
             raise ValueError("reading data needs data.tokenizer (a sentencepiece .model file)")
         source = EpisodeSource(d.dir, d.spec, split)
-        if source.action_dim != self.head.action_dim:
+        labelled = self.action_labels is not None
+        dim = (
+            self.action_labels.episode(split, 0, int(source.lengths[0])).shape[1]
+            if labelled
+            else source.action_dim
+        )
+        if dim != self.head.action_dim:
             raise DataError(
-                f"{d.dir}: actions have {source.action_dim} dimensions, the head "
-                f"{self.head.action_dim}"
+                f"{d.dir}: actions have {dim} dimensions, the head {self.head.action_dim}"
             )
         steps = pipelines.StepSource(
             source,
             pipelines.ImageConfig(size=d.image_size, resize_mode=d.resize_mode, dtype="float32"),
-            with_actions=True,
+            with_actions=not labelled,
             with_latent_actions=False,
         )
-        return ActionSteps(steps, self.tokenizer, self.model_cfg.max_text_len, self.head)
+        return ActionSteps(
+            steps, self.tokenizer, self.model_cfg.max_text_len, self.head, self.action_labels, split
+        )
 
     def evaluate(self, params: Any, mesh: Any, max_steps: int | None = None) -> dict[str, Any]:
         """On held-out steps: the error of the decoded first action against always
@@ -155,6 +223,4 @@ class ActionFinetuneTask(LatentPretrainTask):
         return out
 
     def _train_actions(self) -> np.ndarray:
-        d = self.config.data
-        source = EpisodeSource(d.dir, d.spec, d.split)
-        return np.concatenate([source.actions(e) for e in range(len(source))])
+        return self._split_actions(self.config, self.config.data.split)
