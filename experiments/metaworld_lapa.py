@@ -1,0 +1,140 @@
+"""The LAPA experiment on Meta-World MT10. Variants: full, demo, tiny.
+
+    python -m lapa_jax.metaworld_experiment --config experiments/metaworld_lapa.py:full \
+        --workdir runs/metaworld_lapa [--results results/metaworld_lapa]
+
+Does latent pretraining on action-free video help a policy finetuned on a few
+demonstrations? Arms (each finetuned on k labelled demonstrations per task, then
+evaluated closed loop on every task):
+- scratch: finetuning only;
+- lapa: quantizer on the video set, latent labels, latent pretraining, finetuning;
+- action_pretrained: pretraining on the video set's true actions (an upper bound);
+- lapa_transfer: quantizer and latent pretraining on the videos of the other half of
+  the tasks only, finetuned and evaluated on the held-out half (each half in turn);
+- vpt: an inverse dynamics model trained on the k demonstrations pseudo-labels the
+  video set; the policy pretrains on those labels, then finetunes.
+The video set and the demonstrations are disjoint (different seed families); the
+demonstration sets are nested (k=5 within k=10 within k=25) and share one held-out
+split. Pretraining runs are shared by the seeds; seeds vary finetuning and the
+evaluation layouts (the same layouts for every arm).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+ARMS = ("scratch", "lapa", "action_pretrained", "lapa_transfer", "vpt")
+VARIANTS = ("full", "demo", "tiny")
+
+# One VLM size for every pretraining and finetuning run (LAPA loads the latent run's
+# backbone into the policy, so they must match): ~1.1M parameters, a few times cheaper
+# per step than latent_pretrain.py:metaworld.
+SMALL_VLM = dict(
+    vit_width=96,
+    vit_depth=2,
+    vit_heads=4,
+    vit_mlp=384,
+    width=128,
+    depth=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+    mlp=512,
+)
+
+
+def stage(config: str, **overrides: Any) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(config=config, overrides=overrides))
+
+
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown metaworld_lapa variant {variant!r}; choose one of {VARIANTS}")
+    c = ml_collections.ConfigDict()
+    c.tasks = list(MT10)
+    c.arms = list(ARMS)
+    c.video_episodes_per_task = 100
+    c.video_val_episodes_per_task = 4
+    c.demo_ks = [5, 10, 25]
+    c.demo_val_episodes_per_task = 4
+    c.video_seed = 100  # the dataset seed families: disjoint layouts
+    c.demo_seed = 200
+    c.seeds = [0, 1, 2]
+    c.eval_episodes = 20  # per task per seed
+    c.eval_max_frames = 100
+    c.eval_batch_slots = 32
+    c.workers = 2  # rendering processes
+    c.cpu_devices = 2
+    c.tokenizer_vocab = 512
+    # Each stage: a config file:variant and overrides that mirror its structure (passed
+    # as --config.KEY=VALUE); the driver adds the data paths and init_from.
+    small_vlm = {"model": dict(SMALL_VLM)}
+    c.laq = stage("experiments/laq.py:metaworld", train={"steps": 1200})
+    c.latent = stage(
+        "experiments/latent_pretrain.py:metaworld",
+        **small_vlm,
+        train={"steps": 1500, "eval_every": 1500},
+    )
+    c.action_pretrain = stage(
+        "experiments/action_finetune.py:metaworld",
+        **small_vlm,
+        head="chunked",
+        train={"steps": 1500, "eval_every": 1500},
+    )
+    c.idm = stage("experiments/idm.py:metaworld", train={"steps": 800})
+    c.finetune = stage(
+        "experiments/action_finetune.py:metaworld",
+        **small_vlm,
+        head="chunked",
+        execution="receding",
+        train={"steps": 500, "eval_every": 500, "checkpoint_every": 500},
+    )
+    if variant == "demo":  # the README's one command: about 15 minutes on 2 cores
+        c.tasks = ["reach-v3", "drawer-open-v3", "button-press-topdown-v3"]
+        c.arms = ["scratch", "lapa"]
+        c.video_episodes_per_task = 30
+        c.demo_ks = [10]
+        c.seeds = [0]
+        c.eval_episodes = 10
+        c.eval_max_frames = 60
+        c.laq.overrides.train.steps = 600
+        c.latent.overrides.train.update(dict(steps=500, eval_every=500))
+        c.finetune.overrides.train.update(dict(steps=300, eval_every=300))
+    if variant == "tiny":  # tests: every arm and job, minutes on 2 cores
+        c.tasks = ["reach-v3", "button-press-topdown-v3"]
+        c.video_episodes_per_task = 2
+        c.video_val_episodes_per_task = 1
+        c.demo_ks = [1]
+        c.demo_val_episodes_per_task = 1
+        c.seeds = [0]
+        c.eval_episodes = 1
+        c.eval_max_frames = 3
+        c.eval_batch_slots = 2
+        c.workers = 1
+        c.tokenizer_vocab = 300
+        tiny = {"steps": 2, "batch_size": 8, "log_every": 1}
+        every = {**tiny, "eval_every": 2, "checkpoint_every": 2}
+        c.laq = stage("experiments/laq.py:tiny", train={**tiny, "image_every": 0})
+        c.latent = stage("experiments/latent_pretrain.py:tiny", train=every)
+        c.action_pretrain = stage(
+            "experiments/action_finetune.py:tiny", head="chunked", train=every
+        )
+        c.idm = stage("experiments/idm.py:tiny", train=tiny)
+        c.finetune = stage(
+            "experiments/action_finetune.py:tiny", head="chunked", execution="receding", train=every
+        )
+    return c

@@ -1,0 +1,498 @@
+"""Runs the LAPA experiment on Meta-World (experiments/metaworld_lapa.py): every arm, k
+and seed, then the report.
+
+    python -m lapa_jax.metaworld_experiment --config experiments/metaworld_lapa.py:full \
+        --workdir runs/metaworld_lapa [--results results/metaworld_lapa] [--dry_run]
+
+The experiment is a list of jobs in dependency order, each one command of this
+project (dataset generation, training, labelling, evaluation) run in a subprocess.
+A job that finishes writes WORKDIR/jobs/NAME.json (its command, wall and CPU seconds);
+a re-run skips finished jobs, and the job that was interrupted picks up where it
+stopped (training resumes from its checkpoint, labelling from its finished chunks,
+datasets appear only when complete). A failing job stops the run with its log's tail.
+The report (results.json, table.md, success_vs_k.png, success_per_task.png) is
+rebuilt from the finished jobs at the end, or alone with --report_only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+SHARED = "shared"
+
+
+@dataclasses.dataclass
+class Job:
+    name: str  # unique, file-safe
+    arm: str  # the CPU-time account: an arm, or "shared"
+    argv: list[str]  # arguments after `python`
+    description: str = ""
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def _overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """Nested overrides as --config.a.b=value flags."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _overrides(v, f"{prefix}{k}.")
+        else:
+            out.append(f"--config.{prefix}{k}={v}")
+    return out
+
+
+class Plan:
+    """The experiment's jobs and where every artefact lives."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
+        self.cfg, self.w = cfg, os.path.abspath(workdir)
+        unknown = set(cfg.arms) - {"scratch", "lapa", "action_pretrained", "lapa_transfer", "vpt"}
+        if unknown:
+            raise ValueError(f"unknown arms {sorted(unknown)}")
+        if "lapa_transfer" in cfg.arms and len(cfg.tasks) < 2:
+            raise ValueError("lapa_transfer needs at least 2 tasks (it holds half of them out)")
+        if not cfg.demo_ks or min(cfg.demo_ks) < 1 or not cfg.seeds:
+            raise ValueError(
+                f"demo_ks must be >= 1 and seeds non-empty, got {cfg.demo_ks}, {cfg.seeds}"
+            )
+        self.groups = [list(cfg.tasks[0::2]), list(cfg.tasks[1::2])]
+        self.jobs: list[Job] = []
+        self._build()
+
+    # ---- paths ---------------------------------------------------------------------
+
+    def data(self, name: str) -> str:
+        return os.path.join(self.w, "data", name)
+
+    def run(self, name: str) -> str:
+        return os.path.join(self.w, "runs", name)
+
+    @property
+    def tokenizer(self) -> str:
+        return os.path.join(self.w, "tokenizer.model")
+
+    def finetune_run(self, arm: str, k: int, seed: int, group: int | None = None) -> str:
+        g = "" if group is None else f"_g{group}"
+        return self.run(f"ft_{arm}_k{k}_s{seed}{g}")
+
+    # ---- jobs ----------------------------------------------------------------------
+
+    def _add(self, name: str, arm: str, argv: list[str], description: str = "") -> None:
+        self.jobs.append(Job(name, arm, argv, description))
+
+    def _dataset(self, name: str, tasks: Sequence[str], episodes: int, val: int, seed: int) -> None:
+        self._add(
+            f"data_{name}",
+            SHARED,
+            [
+                "-m", "data_pipelines.metaworld_rlds", "--out", self.data(name),
+                "--tasks", ",".join(tasks), "--episodes_per_task", str(episodes),
+                "--val_episodes_per_task", str(val), "--seed", str(seed),
+                "--workers", str(self.cfg.workers),
+            ],
+            f"{len(tasks)} tasks x {episodes} episodes",
+        )  # fmt: skip
+
+    def _train(self, name: str, arm: str, stage: ml_collections.ConfigDict, **extra: Any) -> None:
+        argv = ["-m", "lapa_jax.train", "--config", stage.config, "--workdir", self.run(name)]
+        argv += ["--cpu_devices", str(self.cfg.cpu_devices)]
+        flags = _overrides(stage.overrides.to_dict()) + [
+            f"--config.{k}={v}" for k, v in extra.items()
+        ]
+        self._add(name, arm, argv + flags)
+
+    def _vlm_data(self, data: str, spec: str = "metaworld") -> dict[str, Any]:
+        return {"data.dir": data, "data.spec": spec, "data.tokenizer": self.tokenizer}
+
+    def _latent_chain(self, tag: str, video: str, arm: str) -> None:
+        """Quantizer on `video`, its labels, latent pretraining: the LAPA pretraining."""
+        c = self.cfg
+        self._train(f"laq_{tag}", arm, c.laq, **{"data.dir": self.data(video)})
+        self._add(
+            f"laq_report_{tag}",
+            arm,
+            [
+                "-m",
+                "lapa_jax.evaluate_laq",
+                "--workdir",
+                self.run(f"laq_{tag}"),
+                "--max_pairs",
+                "1000",
+            ],
+        )
+        labelled = self.data(f"{video}_latent")
+        self._add(
+            f"label_{tag}",
+            arm,
+            [
+                "-m", "data_pipelines.label_latent_actions", "--src", self.data(video),
+                "--spec", "metaworld", "--laq_workdir", self.run(f"laq_{tag}"), "--dst", labelled,
+                "--cpu_devices", str(c.cpu_devices),
+            ],
+        )  # fmt: skip
+        spec = os.path.join(labelled, "lapa_spec.json")
+        self._train(f"latent_{tag}", arm, c.latent, **self._vlm_data(labelled, spec))
+
+    def _finetune(
+        self, arm: str, k: int, seed: int, init_from: str, group: int | None = None
+    ) -> None:
+        c = self.cfg
+        demos = f"demos_k{k}" + ("" if group is None else f"_g{group}")
+        workdir = self.finetune_run(arm, k, seed, group)
+        name = os.path.basename(workdir)
+        extra = {**self._vlm_data(self.data(demos)), "init_from": init_from, "train.seed": seed}
+        self._train(name, arm, c.finetune, **extra)
+        tasks = c.tasks if group is None else self.groups[group]
+        self._add(
+            f"eval_{name[3:]}",
+            arm,
+            [
+                "-m", "lapa_jax.evaluate_policy", "--workdir", workdir,
+                "--tasks", ",".join(tasks), "--episodes", str(c.eval_episodes),
+                "--seed", str(seed), "--max_frames", str(c.eval_max_frames),
+                "--workers", str(c.workers), "--batch_slots", str(c.eval_batch_slots),
+                "--videos_per_task", "1" if seed == c.seeds[0] else "0",
+            ],
+        )  # fmt: skip
+
+    def _build(self) -> None:
+        c, arms = self.cfg, set(self.cfg.arms)
+        video = ["lapa", "action_pretrained", "lapa_transfer", "vpt"]
+        if arms & set(video):
+            self._dataset(
+                "video",
+                c.tasks,
+                c.video_episodes_per_task,
+                c.video_val_episodes_per_task,
+                c.video_seed,
+            )
+        for k in c.demo_ks:
+            self._dataset(f"demos_k{k}", c.tasks, k, c.demo_val_episodes_per_task, c.demo_seed)
+        if "lapa_transfer" in arms:
+            for g, tasks in enumerate(self.groups):
+                v, val, s = c.video_episodes_per_task, c.video_val_episodes_per_task, c.video_seed
+                self._dataset(f"video_g{g}", tasks, v, val, s)
+                for k in c.demo_ks:
+                    self._dataset(
+                        f"demos_k{k}_g{g}", tasks, k, c.demo_val_episodes_per_task, c.demo_seed
+                    )
+        # The prompts of every task (instructions only, no frames or actions).
+        self._add(
+            "tokenizer",
+            SHARED,
+            [
+                "-m", "data_pipelines.train_tokenizer", "--data", self.data(f"demos_k{c.demo_ks[0]}"),
+                "--spec", "metaworld", "--out", self.tokenizer, "--vocab_size", str(c.tokenizer_vocab),
+            ],
+        )  # fmt: skip
+        if "lapa" in arms:
+            self._latent_chain("all", "video", "lapa")
+        if "lapa_transfer" in arms:
+            for g in range(2):
+                self._latent_chain(f"g{g}", f"video_g{g}", "lapa_transfer")
+        if "action_pretrained" in arms:
+            self._train(
+                "action_pre",
+                "action_pretrained",
+                c.action_pretrain,
+                **self._vlm_data(self.data("video")),
+            )
+        if "vpt" in arms:
+            for k in c.demo_ks:
+                self._train(f"idm_k{k}", "vpt", c.idm, **{"data.dir": self.data(f"demos_k{k}")})
+                labels = self.data(f"vpt_k{k}.npz")
+                self._add(
+                    f"idm_label_k{k}",
+                    "vpt",
+                    [
+                        "-m", "data_pipelines.label_idm_actions", "--idm_workdir", self.run(f"idm_k{k}"),
+                        "--src", self.data("video"), "--spec", "metaworld", "--out", labels,
+                    ],
+                )  # fmt: skip
+                extra = {**self._vlm_data(self.data("video")), "data.action_labels": labels}
+                self._train(f"vpt_pre_k{k}", "vpt", c.action_pretrain, **extra)
+        for k in c.demo_ks:
+            for seed in c.seeds:
+                if "scratch" in arms:
+                    self._finetune("scratch", k, seed, "")
+                if "lapa" in arms:
+                    self._finetune("lapa", k, seed, self.run("latent_all"))
+                if "action_pretrained" in arms:
+                    self._finetune("action_pretrained", k, seed, self.run("action_pre"))
+                if "vpt" in arms:
+                    self._finetune("vpt", k, seed, self.run(f"vpt_pre_k{k}"))
+                if "lapa_transfer" in arms:
+                    for g in range(2):  # pretrained on group 1-g, finetuned on group g
+                        self._finetune("lapa_transfer", k, seed, self.run(f"latent_g{1 - g}"), g)
+
+
+class Runner:
+    """Runs jobs in order, skipping finished ones; records wall and CPU seconds."""
+
+    def __init__(self, workdir: str, log: Callable[[str], None] = print):
+        self.dir = os.path.join(os.path.abspath(workdir), "jobs")
+        os.makedirs(self.dir, exist_ok=True)
+        self.log = log
+
+    def marker(self, job: Job) -> str:
+        return os.path.join(self.dir, f"{job.name}.json")
+
+    def done(self, job: Job) -> bool:
+        return os.path.isfile(self.marker(job))
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        todo = [j for j in jobs if not self.done(j)]
+        self.log(f"[experiment] {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
+        for i, job in enumerate(todo):
+            self.log(f"[experiment] {i + 1}/{len(todo)} {job.name} ({job.arm}) {job.description}")
+            self.run_one(job)
+
+    def run_one(self, job: Job) -> dict[str, Any]:
+        log_path = os.path.join(self.dir, f"{job.name}.log")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.setdefault("MUJOCO_GL", "egl")
+        with open(log_path, "a") as log:
+            log.write(f"\n$ python {' '.join(job.argv)}\n")
+            log.flush()
+            proc = subprocess.run(
+                [sys.executable, *job.argv], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            with open(log_path) as f:
+                tail = "".join(f.readlines()[-25:])
+            raise JobFailed(
+                f"job {job.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}\n"
+                "Fix the cause and re-run the same command: finished jobs are skipped."
+            )
+        record = {
+            "name": job.name,
+            "arm": job.arm,
+            "argv": job.argv,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(
+                (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1
+            ),
+        }
+        tmp = self.marker(job) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(tmp, self.marker(job))
+        return record
+
+
+# ---- the report ------------------------------------------------------------------------
+
+
+def _last_eval(workdir: str) -> dict[str, float]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    out: dict[str, float] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                if any(k.startswith("eval_") for k in row):
+                    out = {k[5:]: v for k, v in row.items() if k.startswith("eval_")}
+    return out
+
+
+def _closed_loop(workdir: str) -> dict[str, float] | None:
+    path = os.path.join(workdir, "closed_loop", "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        r = json.load(f)
+    return {t: v["success_rate"] for t, v in r["per_task"].items()}
+
+
+def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
+    c = plan.cfg
+    success: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    offline: dict[str, dict[str, list[float]]] = {}
+    for arm in c.arms:
+        for k in c.demo_ks:
+            for seed in c.seeds:
+                groups = [0, 1] if arm == "lapa_transfer" else [None]
+                per_task: dict[str, float] = {}
+                for g in groups:
+                    run = plan.finetune_run(arm, k, seed, g)
+                    got = _closed_loop(run)
+                    if got is not None:
+                        per_task.update(got)
+                    mse = _last_eval(run).get("action_mse")
+                    if mse is not None:
+                        offline.setdefault(arm, {}).setdefault(str(k), []).append(mse)
+                if len(per_task) == len(c.tasks):
+                    success.setdefault(arm, {}).setdefault(str(k), {})[str(seed)] = {
+                        t: per_task[t] for t in c.tasks
+                    }
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, by_k in success.items():
+        for k, by_seed in by_k.items():
+            means = [float(np.mean(list(v.values()))) for v in by_seed.values()]
+            summary.setdefault(arm, {})[k] = {
+                "mean": float(np.mean(means)),
+                "std": float(np.std(means)),
+                "seeds": len(means),
+                "per_task_mean": {
+                    t: float(np.mean([v[t] for v in by_seed.values()])) for t in c.tasks
+                },
+            }
+    cpu: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    for job in plan.jobs:
+        if runner.done(job):
+            with open(runner.marker(job)) as f:
+                rec = json.load(f)
+            cpu[job.arm] = cpu.get(job.arm, 0.0) + rec["cpu_s"]
+            wall[job.arm] = wall.get(job.arm, 0.0) + rec["wall_s"]
+    laq_reports = {}
+    for tag in ("all", "g0", "g1"):
+        eval_dir = os.path.join(plan.run(f"laq_{tag}"), "eval")
+        if os.path.isdir(eval_dir):
+            files = sorted(f for f in os.listdir(eval_dir) if f.endswith(".json"))
+            if files:
+                with open(os.path.join(eval_dir, files[-1])) as f:
+                    laq_reports[tag] = json.load(f)
+    pretraining = {
+        name: _last_eval(plan.run(name))
+        for name in ["latent_all", "latent_g0", "latent_g1", "action_pre"]
+        + [f"idm_k{k}" for k in c.demo_ks]
+        + [f"vpt_pre_k{k}" for k in c.demo_ks]
+        if os.path.isdir(plan.run(name))
+    }
+    return {
+        "config": c.to_dict(),
+        "summary": summary,
+        "success": success,
+        "offline_action_mse": offline,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "laq_reports": laq_reports,
+        "pretraining_reports": pretraining,
+        "jobs_done": sum(runner.done(j) for j in plan.jobs),
+        "jobs_total": len(plan.jobs),
+    }
+
+
+def report_table(report: dict[str, Any]) -> str:
+    c = report["config"]
+    ks = [str(k) for k in c["demo_ks"]]
+    lines = [
+        "| arm | " + " | ".join(f"k={k}" for k in ks) + " | CPU hours |",
+        "|---|" + "---|" * (len(ks) + 1),
+    ]
+    for arm in c["arms"]:
+        cells = []
+        for k in ks:
+            s = report["summary"].get(arm, {}).get(k)
+            cells.append(f"{s['mean']:.2f} ± {s['std']:.2f} ({s['seeds']})" if s else "-")
+        hours = report["cpu_seconds"].get(arm, 0.0) / 3600
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {hours:.2f} |")
+    lines.append(
+        f"\nSuccess rate: mean over tasks, then mean ± std over seeds (number of seeds). "
+        f"Shared jobs (datasets, tokenizer): {report['cpu_seconds'].get(SHARED, 0.0) / 3600:.2f} CPU hours."
+    )
+    k = ks[-1]
+    arms = [a for a in c["arms"] if k in report["summary"].get(a, {})]
+    if arms:
+        lines += ["", f"Per task at k={k} (mean over seeds):", ""]
+        lines.append("| task | " + " | ".join(arms) + " |")
+        lines.append("|---|" + "---|" * len(arms))
+        for t in c["tasks"]:
+            row = [f"{report['summary'][a][k]['per_task_mean'][t]:.2f}" for a in arms]
+            lines.append(f"| {t} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: str) -> list[str]:
+    from lapa_jax import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "table.md")]
+    with open(paths[0], "w") as f:
+        json.dump(report, f, indent=2)
+    with open(paths[1], "w") as f:
+        f.write(report_table(report) + "\n")
+    c, summary = report["config"], report["summary"]
+    ks = [str(k) for k in c["demo_ks"]]
+    arms = [a for a in c["arms"] if a in summary and all(k in summary[a] for k in ks)]
+    if arms:
+        paths.append(
+            plots.lines(
+                os.path.join(out_dir, "success_vs_k.png"),
+                [float(k) for k in ks],
+                {a: [summary[a][k]["mean"] for k in ks] for a in arms},
+                title="Meta-World MT10: success vs demonstrations per task",
+                xlabel="k",
+                errors={a: [summary[a][k]["std"] for k in ks] for a in arms},
+            )
+        )
+        paths.append(
+            plots.grouped_bars(
+                os.path.join(out_dir, "success_per_task.png"),
+                [t.removesuffix("-v3") for t in c["tasks"]],
+                {a: [summary[a][ks[-1]]["per_task_mean"][t] for t in c["tasks"]] for a in arms},
+                title=f"success per task, k={ks[-1]}",
+            )
+        )
+    for tag, r in report["laq_reports"].items():
+        atlas = r.get("atlas")
+        if atlas and os.path.isfile(atlas):
+            dst = os.path.join(out_dir, f"laq_{tag}_atlas.png")
+            shutil.copyfile(atlas, dst)
+            paths.append(dst)
+    return paths
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    from absl import flags
+
+    f = flags.FLAGS
+    plan = Plan(f.config, f.workdir)
+    runner = Runner(f.workdir)
+    if f.dry_run:
+        for job in plan.jobs:
+            mark = "done" if runner.done(job) else "todo"
+            print(f"{mark}  {job.arm:<18} {job.name}: python {' '.join(job.argv)}")
+        return
+    if not f.report_only:
+        runner.run(plan.jobs)
+    report = build_report(plan, runner)
+    paths = write_report(report, os.path.join(plan.w, "report"))
+    if f.results:
+        paths = write_report(report, f.results)
+    print(report_table(report))
+    for p in paths:
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "experiments/metaworld_lapa.py:VARIANT")
+    flags.DEFINE_string("workdir", None, "where datasets, runs, job records and the report go")
+    flags.DEFINE_string("results", "", "also write the report here (e.g. results/metaworld_lapa)")
+    flags.DEFINE_bool("dry_run", False, "print the jobs and whether each is done, run nothing")
+    flags.DEFINE_bool("report_only", False, "rebuild the report from finished jobs")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

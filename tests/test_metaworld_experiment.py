@@ -1,0 +1,140 @@
+"""The LAPA experiment's driver: the job plan wires every arm to the right data and
+pretrained run, finished jobs are skipped, a failed job stops the run without a
+record and runs again next time, and the report aggregates seeds and arms."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from experiments import metaworld_lapa
+from lapa_jax import metaworld_experiment as mx
+
+
+def flag(job: mx.Job, name: str) -> str:
+    for a in job.argv:
+        if a.startswith(f"--config.{name}="):
+            return a.split("=", 1)[1]
+    i = job.argv.index(f"--{name}")
+    return job.argv[i + 1]
+
+
+def test_plan_wires_arms_data_and_pretraining(tmp_path):
+    cfg = metaworld_lapa.get_config("full")
+    plan = mx.Plan(cfg, str(tmp_path))
+    jobs = {j.name: j for j in plan.jobs}
+    assert len(jobs) == len(plan.jobs)  # names are unique
+    order = [j.name for j in plan.jobs]
+    # Dependencies come first: data before training, pretraining before finetuning.
+    assert order.index("data_video") < order.index("laq_all") < order.index("label_all")
+    assert order.index("label_all") < order.index("latent_all") < order.index("ft_lapa_k5_s0")
+    assert order.index("idm_label_k10") < order.index("vpt_pre_k10") < order.index("ft_vpt_k10_s2")
+    # The video set and the demonstrations come from different seed families; the
+    # demonstration sets differ only in k (nested), the video subsets only in tasks.
+    assert flag(jobs["data_video"], "seed") != flag(jobs["data_demos_k5"], "seed")
+    assert flag(jobs["data_demos_k5"], "seed") == flag(jobs["data_demos_k25"], "seed")
+    assert flag(jobs["data_video_g0"], "seed") == flag(jobs["data_video"], "seed")
+    g0, g1 = (flag(jobs[f"data_video_g{g}"], "tasks").split(",") for g in (0, 1))
+    assert not set(g0) & set(g1) and set(g0) | set(g1) == set(metaworld_lapa.MT10)
+    # Each arm starts from its own pretraining and finetunes on its k demonstrations.
+    assert flag(jobs["ft_scratch_k10_s1"], "init_from") == ""
+    assert flag(jobs["ft_lapa_k10_s1"], "init_from") == plan.run("latent_all")
+    assert flag(jobs["ft_action_pretrained_k5_s0"], "init_from") == plan.run("action_pre")
+    assert flag(jobs["ft_vpt_k25_s2"], "init_from") == plan.run("vpt_pre_k25")
+    assert flag(jobs["ft_vpt_k25_s2"], "data.dir") == plan.data("demos_k25")
+    assert flag(jobs["ft_lapa_k10_s1"], "train.seed") == "1"
+    # Transfer: pretrained on one half's videos, finetuned and evaluated on the other.
+    t = jobs["ft_lapa_transfer_k5_s0_g0"]
+    assert flag(t, "init_from") == plan.run("latent_g1")
+    assert flag(t, "data.dir") == plan.data("demos_k5_g0")
+    assert flag(jobs["eval_lapa_transfer_k5_s0_g0"], "tasks").split(",") == g0
+    assert flag(jobs["latent_g1"], "data.dir") == plan.data("video_g1_latent")
+    # VPT pretrains on the video set with the IDM's labels, not its true actions.
+    assert flag(jobs["vpt_pre_k5"], "data.action_labels") == plan.data("vpt_k5.npz")
+    assert flag(jobs["vpt_pre_k5"], "data.dir") == plan.data("video")
+    # Evaluation: every seed's own layouts, the same for every arm.
+    assert flag(jobs["eval_lapa_k5_s2"], "seed") == flag(jobs["eval_scratch_k5_s2"], "seed") == "2"
+    n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + 1)  # transfer: 2 halves
+    assert sum(n.startswith("ft_") for n in order) == n_ft
+    assert sum(n.startswith("eval_") for n in order) == n_ft
+
+
+def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
+    cfg = metaworld_lapa.get_config("demo")
+    names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
+    assert not any(
+        n.startswith(("idm", "vpt", "action_pre", "laq_g", "data_video_g")) for n in names
+    )
+    assert "latent_all" in names and "ft_scratch_k10_s0" in names
+    cfg.arms = ["scratch", "diffusion"]
+    with pytest.raises(ValueError, match="unknown arms"):
+        mx.Plan(cfg, str(tmp_path))
+
+
+def fake_job(name: str, arm: str, code: str) -> mx.Job:
+    return mx.Job(name, arm, ["-c", code])
+
+
+def test_runner_skips_finished_jobs_and_stops_on_failure(tmp_path):
+    runner = mx.Runner(str(tmp_path), log=lambda m: None)
+    counter = tmp_path / "count.txt"
+    bump = f"p={str(counter)!r}; open(p, 'a').write('x')"
+    flag_file = tmp_path / "allow"
+    gate = f"import os, sys; sys.exit(0 if os.path.exists({str(flag_file)!r}) else 3)"
+    jobs = [fake_job("a", "lapa", bump), fake_job("b", "lapa", gate), fake_job("c", "shared", bump)]
+    with pytest.raises(mx.JobFailed, match="job b failed \\(exit 3\\)"):
+        runner.run(jobs)
+    assert runner.done(jobs[0]) and not runner.done(jobs[1]) and not runner.done(jobs[2])
+    flag_file.write_text("")
+    runner.run(jobs)  # a is not run again; b and c now run
+    assert counter.read_text() == "xx"
+    with open(runner.marker(jobs[2])) as f:
+        rec = json.load(f)
+    assert rec["arm"] == "shared" and rec["wall_s"] >= 0 and rec["cpu_s"] >= 0
+    assert rec["argv"] == ["-c", bump]
+
+
+def write_closed_loop(run: str, per_task: dict[str, float]) -> None:
+    os.makedirs(os.path.join(run, "closed_loop"), exist_ok=True)
+    with open(os.path.join(run, "closed_loop", "results.json"), "w") as f:
+        json.dump({"per_task": {t: {"success_rate": v} for t, v in per_task.items()}}, f)
+
+
+def test_report_aggregates_tasks_then_seeds(tmp_path):
+    cfg = metaworld_lapa.get_config("tiny")
+    cfg.arms, cfg.seeds, cfg.demo_ks = ["scratch", "lapa_transfer"], [0, 1], [1, 2]
+    plan = mx.Plan(cfg, str(tmp_path))
+    runner = mx.Runner(str(tmp_path), log=lambda m: None)
+    t0, t1 = cfg.tasks
+    for k in (1, 2):
+        write_closed_loop(plan.finetune_run("scratch", k, 0), {t0: 1.0, t1: 0.0})
+        write_closed_loop(plan.finetune_run("scratch", k, 1), {t0: 0.5, t1: 0.5})
+        # Transfer: each half evaluated in its own run; the report joins them.
+        write_closed_loop(plan.finetune_run("lapa_transfer", k, 0, 0), {t0: 0.2})
+        write_closed_loop(plan.finetune_run("lapa_transfer", k, 0, 1), {t1: 0.4})
+    report = mx.build_report(plan, runner)
+    s = report["summary"]["scratch"]["1"]
+    assert s["mean"] == pytest.approx(0.5) and s["std"] == pytest.approx(0.0) and s["seeds"] == 2
+    assert s["per_task_mean"] == {t0: 0.75, t1: 0.25}
+    lt = report["summary"]["lapa_transfer"]["2"]
+    assert lt["seeds"] == 1 and lt["mean"] == pytest.approx(0.3)  # seed 1 missing: not counted
+    paths = mx.write_report(report, str(tmp_path / "out"))
+    assert {os.path.basename(p) for p in paths} >= {"results.json", "table.md", "success_vs_k.png"}
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| scratch | 0.50 ± 0.00 (2) | 0.50 ± 0.00 (2) |" in table
+
+
+def test_dry_run_lists_every_job(tmp_path):
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lapa_jax.metaworld_experiment", "--config",
+         "experiments/metaworld_lapa.py:demo", "--workdir", str(tmp_path), "--dry_run"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    plan = mx.Plan(metaworld_lapa.get_config("demo"), str(tmp_path))
+    assert len(out.strip().splitlines()) == len(plan.jobs)
+    assert all(line.startswith("todo") for line in out.strip().splitlines())
