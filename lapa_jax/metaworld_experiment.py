@@ -244,10 +244,11 @@ class Plan:
 class Runner:
     """Runs jobs in order, skipping finished ones; records wall and CPU seconds."""
 
-    def __init__(self, workdir: str, log: Callable[[str], None] = print):
+    def __init__(self, workdir: str, log: Callable[[str], None] = print, echo: bool = False):
         self.dir = os.path.join(os.path.abspath(workdir), "jobs")
         os.makedirs(self.dir, exist_ok=True)
         self.log = log
+        self.echo = echo  # also stream each job's output to this process's stdout
 
     def marker(self, job: Job) -> str:
         return os.path.join(self.dir, f"{job.name}.json")
@@ -268,16 +269,26 @@ class Runner:
         t0 = time.perf_counter()
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         env.setdefault("MUJOCO_GL", "egl")
-        with open(log_path, "a") as log:
-            log.write(f"\n$ python {' '.join(job.argv)}\n")
+        with open(log_path, "ab") as log:
+            log.write(f"\n$ python {' '.join(job.argv)}\n".encode())
             log.flush()
-            proc = subprocess.run(
-                [sys.executable, *job.argv], stdout=log, stderr=subprocess.STDOUT, env=env
+            proc = subprocess.Popen(
+                [sys.executable, *job.argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(4096):
+                log.write(chunk)
+                if self.echo:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            proc.wait()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
-            with open(log_path) as f:
-                tail = "".join(f.readlines()[-25:])
+            with open(log_path, errors="replace") as f:
+                tail = "".join(f.read().replace("\r", "\n").splitlines(True)[-25:])
             raise JobFailed(
                 f"job {job.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}\n"
                 "Fix the cause and re-run the same command: finished jobs are skipped."
@@ -320,6 +331,33 @@ def _closed_loop(workdir: str) -> dict[str, float] | None:
     with open(path) as f:
         r = json.load(f)
     return {t: v["success_rate"] for t, v in r["per_task"].items()}
+
+
+def _artefacts(plan: Plan) -> dict[str, Any]:
+    """Images worth a look: the quantizer's last reconstructions and its atlas, and one
+    rollout video per task of each arm's first seed."""
+    out: dict[str, Any] = {}
+    images = os.path.join(plan.run("laq_all"), "images")
+    if os.path.isdir(images):
+        pngs = sorted(f for f in os.listdir(images) if f.endswith(".png"))
+        if pngs:
+            out["reconstructions"] = os.path.join(images, pngs[-1])
+    eval_dir = os.path.join(plan.run("laq_all"), "eval")
+    if os.path.isdir(eval_dir):
+        atlases = sorted(f for f in os.listdir(eval_dir) if f.startswith("atlas"))
+        if atlases:
+            out["atlas"] = os.path.join(eval_dir, atlases[-1])
+    rollouts = {}
+    c = plan.cfg
+    for arm in c.arms:
+        groups = [0, 1] if arm == "lapa_transfer" else [None]
+        for g in groups:
+            d = os.path.join(plan.finetune_run(arm, c.demo_ks[-1], c.seeds[0], g), "closed_loop")
+            if os.path.isdir(d):
+                vids = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".mp4"))
+                rollouts.setdefault(arm, []).extend(vids)
+    out["rollouts"] = rollouts
+    return out
 
 
 def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
@@ -380,6 +418,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
     }
     return {
         "config": c.to_dict(),
+        "artefacts": _artefacts(plan),
         "summary": summary,
         "success": success,
         "offline_action_mse": offline,
@@ -468,7 +507,7 @@ def main(argv: Sequence[str]) -> None:
 
     f = flags.FLAGS
     plan = Plan(f.config, f.workdir)
-    runner = Runner(f.workdir)
+    runner = Runner(f.workdir, echo=f.echo)
     if f.dry_run:
         for job in plan.jobs:
             mark = "done" if runner.done(job) else "todo"
@@ -481,6 +520,12 @@ def main(argv: Sequence[str]) -> None:
     if f.results:
         paths = write_report(report, f.results)
     print(report_table(report))
+    art = report["artefacts"]
+    for key in ("reconstructions", "atlas"):
+        if key in art:
+            print(f"{key}: {art[key]}")
+    for arm, vids in art["rollouts"].items():
+        print(f"rollouts ({arm}): {', '.join(vids)}")
     for p in paths:
         print(f"wrote {p}")
 
@@ -494,5 +539,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("results", "", "also write the report here (e.g. results/metaworld_lapa)")
     flags.DEFINE_bool("dry_run", False, "print the jobs and whether each is done, run nothing")
     flags.DEFINE_bool("report_only", False, "rebuild the report from finished jobs")
+    flags.DEFINE_bool("echo", False, "stream every job's output here too (progress bars)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -198,6 +198,20 @@ def test_lora_trains_adapters_and_head_only_and_saves_a_small_adapter(
     np.testing.assert_array_equal(full.act_batch(frames, text), small.act_batch(frames, text))
 
 
+def test_action_pretrained_start_loads_a_finetuned_run(metaworld_dir, tokenizer_path, scratch_run):
+    """The upper-bound arm: init_from a run of this task (trained on true actions)."""
+    source_dir, _, source_state = scratch_run
+    c = tiny_config(metaworld_dir, tokenizer_path)
+    c.init_from, c.train.seed = source_dir, 4
+    trainer = Trainer(c, "/nonexistent")
+    ours = traverse_util.flatten_dict(jax.device_get(trainer.init_state().params), sep="/")
+    theirs = traverse_util.flatten_dict(jax.device_get(source_state.params), sep="/")
+    for key, value in ours.items():
+        if not key.startswith("latent_"):  # the backbone; the head starts fresh
+            np.testing.assert_array_equal(value, theirs[key], err_msg=key)
+    assert not np.array_equal(ours["latent_embed"], theirs["latent_embed"])
+
+
 def test_bad_finetune_config(metaworld_dir, labelled_dir, tokenizer_path, tmp_path):
     c = tiny_config(metaworld_dir, tokenizer_path)
     c.init_from = str(tmp_path / "nothing")
