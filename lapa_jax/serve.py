@@ -3,7 +3,7 @@
     python -m lapa_jax.serve --workdir runs/finetune --port 8000
 
 POST /act with JSON {"image": "<base64 PNG or JPEG>", "instruction": "..."} returns
-{"action": [...]}; GET /health returns the policy's description. A malformed request
+{"action": [...]} (a chunked policy adds "chunk": its K actions); GET /health returns the policy's description. A malformed request
 (not JSON, missing or mistyped fields, bad base64, an undecodable or oversized image,
 an empty instruction) gets a 4xx answer with a message; the server keeps running.
 FastAPI on uvicorn; one policy call at a time (the jitted policy is not re-entrant on
@@ -86,12 +86,15 @@ def make_app(policy: Any) -> Any:
                 raise RequestError(400, f"the body is not valid JSON: {e}") from e
             image, instruction = decode_request(body)
             with lock:
-                action = policy.act(image, instruction)
+                chunk = policy.predict_batch([image], [instruction])[0]
         except RequestError as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         except ValueError as e:  # the policy's own input checks
             return JSONResponse({"error": str(e)}, status_code=422)
-        return JSONResponse({"action": [float(x) for x in action]})
+        out: dict[str, Any] = {"action": [float(x) for x in chunk[0]]}
+        if len(chunk) > 1:  # a chunked policy: the whole chunk, for the client to execute
+            out["chunk"] = [[float(x) for x in a] for a in chunk]
+        return JSONResponse(out)
 
     return app
 

@@ -149,6 +149,21 @@ def test_chunked_policy_predicts_chunks(metaworld_dir, chunked_run):
     np.testing.assert_allclose(policy.predict_batch(frames[1:2], text[:1])[0], chunks[1], rtol=1e-5)
     with pytest.raises(ValueError, match="deterministic"):
         policy.act(frames[0], text[0], temperature=1.0)
+    # Served, the whole chunk comes back beside its first action.
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from lapa_jax.serve import make_app
+
+    buf = io.BytesIO()
+    Image.fromarray(frames[1]).save(buf, format="PNG")
+    body = {"image": base64.b64encode(buf.getvalue()).decode(), "instruction": text[1]}
+    got = TestClient(make_app(policy)).post("/act", json=body).json()
+    np.testing.assert_allclose(got["chunk"], chunks[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["action"], chunks[1][0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
