@@ -113,7 +113,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         c.eval_max_frames = 60
         c.laq.overrides.train.steps = 600
         c.latent.overrides.train.update(dict(steps=500, eval_every=500))
-        c.finetune.overrides.train.update(dict(steps=300, eval_every=300))
+        c.finetune.overrides.train.update(dict(steps=800, eval_every=800, checkpoint_every=800))
     if variant == "tiny":  # tests: every arm and job, minutes on 2 cores
         c.tasks = ["reach-v3", "button-press-topdown-v3"]
         c.video_episodes_per_task = 2
