@@ -24,6 +24,8 @@ from lapa_jax.data.sources import DataError, EpisodeSource
 from lapa_jax.models.idm import IDM, IDMConfig
 from lapa_jax.tasks.base import Task
 
+PREDICT_BUCKET = 64
+
 
 class NormalizedPairs:
     """Frame pairs one step apart, with the action between them normalized."""
@@ -110,7 +112,14 @@ class IDMTask(Task):
         """Actions [B, A] in the data's units for frame pairs [B, 2, H, W, C] in [0, 1]."""
         if self._predict_fn is None:
             self._predict_fn = jax.jit(lambda p, f: self.model.apply({"params": p}, f))
-        return self.stats.denormalize(np.asarray(self._predict_fn(params, frames_BTHWC)))
+        # Padded to a multiple of PREDICT_BUCKET: episodes of every length (and a short
+        # last batch) share one compilation instead of one each.
+        n = len(frames_BTHWC)
+        padded = -(-n // PREDICT_BUCKET) * PREDICT_BUCKET
+        frames = np.concatenate(
+            [frames_BTHWC, np.zeros((padded - n, *frames_BTHWC.shape[1:]), frames_BTHWC.dtype)]
+        )
+        return self.stats.denormalize(np.asarray(self._predict_fn(params, frames))[:n])
 
     def evaluate(self, params: Any, mesh: Any, max_steps: int | None = None) -> dict[str, Any]:
         from lapa_jax.evaluate_laq import downsample, ridge_r2
