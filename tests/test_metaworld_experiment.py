@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from experiments import metaworld_lapa
+from lapa_jax import experiment_report
 from lapa_jax import metaworld_experiment as mx
 
 
@@ -115,13 +116,13 @@ def test_report_aggregates_tasks_then_seeds(tmp_path):
         # Transfer: each half evaluated in its own run; the report joins them.
         write_closed_loop(plan.finetune_run("lapa_transfer", k, 0, 0), {t0: 0.2})
         write_closed_loop(plan.finetune_run("lapa_transfer", k, 0, 1), {t1: 0.4})
-    report = mx.build_report(plan, runner)
+    report = experiment_report.build_report(plan, runner)
     s = report["summary"]["scratch"]["1"]
     assert s["mean"] == pytest.approx(0.5) and s["std"] == pytest.approx(0.0) and s["seeds"] == 2
     assert s["per_task_mean"] == {t0: 0.75, t1: 0.25}
     lt = report["summary"]["lapa_transfer"]["2"]
     assert lt["seeds"] == 1 and lt["mean"] == pytest.approx(0.3)  # seed 1 missing: not counted
-    paths = mx.write_report(report, str(tmp_path / "out"))
+    paths = experiment_report.write_report(report, str(tmp_path / "out"))
     assert {os.path.basename(p) for p in paths} >= {"results.json", "table.md", "success_vs_k.png"}
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| scratch | 0.50 ± 0.00 (2) | 0.50 ± 0.00 (2) |" in table

@@ -1,0 +1,203 @@
+"""The LAPA experiment's report, rebuilt from whatever jobs have finished: success
+over tasks then seeds per arm and k, per-task tables, CPU hours per arm, the quantizer
+and pretraining reports, and the charts (lapa_jax.metaworld_experiment runs the jobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from lapa_jax.metaworld_experiment import SHARED, Plan, Runner
+
+
+def _last_eval(workdir: str) -> dict[str, float]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    out: dict[str, float] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                if any(k.startswith("eval_") for k in row):
+                    out = {k[5:]: v for k, v in row.items() if k.startswith("eval_")}
+    return out
+
+
+def _closed_loop(workdir: str) -> dict[str, float] | None:
+    path = os.path.join(workdir, "closed_loop", "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        r = json.load(f)
+    return {t: v["success_rate"] for t, v in r["per_task"].items()}
+
+
+def _artefacts(plan: Plan) -> dict[str, Any]:
+    """Images worth a look: the quantizer's last reconstructions and its atlas, and one
+    rollout video per task of each arm's first seed."""
+    out: dict[str, Any] = {}
+    images = os.path.join(plan.run("laq_all"), "images")
+    if os.path.isdir(images):
+        pngs = sorted(f for f in os.listdir(images) if f.endswith(".png"))
+        if pngs:
+            out["reconstructions"] = os.path.join(images, pngs[-1])
+    eval_dir = os.path.join(plan.run("laq_all"), "eval")
+    if os.path.isdir(eval_dir):
+        atlases = sorted(f for f in os.listdir(eval_dir) if f.startswith("atlas"))
+        if atlases:
+            out["atlas"] = os.path.join(eval_dir, atlases[-1])
+    rollouts = {}
+    c = plan.cfg
+    for arm in c.arms:
+        groups = [0, 1] if arm == "lapa_transfer" else [None]
+        for g in groups:
+            d = os.path.join(plan.finetune_run(arm, c.demo_ks[-1], c.seeds[0], g), "closed_loop")
+            if os.path.isdir(d):
+                vids = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".mp4"))
+                rollouts.setdefault(arm, []).extend(vids)
+    out["rollouts"] = rollouts
+    return out
+
+
+def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
+    c = plan.cfg
+    success: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    offline: dict[str, dict[str, list[float]]] = {}
+    for arm in c.arms:
+        for k in c.demo_ks:
+            for seed in c.seeds:
+                groups = [0, 1] if arm == "lapa_transfer" else [None]
+                per_task: dict[str, float] = {}
+                for g in groups:
+                    run = plan.finetune_run(arm, k, seed, g)
+                    got = _closed_loop(run)
+                    if got is not None:
+                        per_task.update(got)
+                    mse = _last_eval(run).get("action_mse")
+                    if mse is not None:
+                        offline.setdefault(arm, {}).setdefault(str(k), []).append(mse)
+                if len(per_task) == len(c.tasks):
+                    success.setdefault(arm, {}).setdefault(str(k), {})[str(seed)] = {
+                        t: per_task[t] for t in c.tasks
+                    }
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, by_k in success.items():
+        for k, by_seed in by_k.items():
+            means = [float(np.mean(list(v.values()))) for v in by_seed.values()]
+            summary.setdefault(arm, {})[k] = {
+                "mean": float(np.mean(means)),
+                "std": float(np.std(means)),
+                "seeds": len(means),
+                "per_task_mean": {
+                    t: float(np.mean([v[t] for v in by_seed.values()])) for t in c.tasks
+                },
+            }
+    cpu: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    for job in plan.jobs:
+        if runner.done(job):
+            with open(runner.marker(job)) as f:
+                rec = json.load(f)
+            cpu[job.arm] = cpu.get(job.arm, 0.0) + rec["cpu_s"]
+            wall[job.arm] = wall.get(job.arm, 0.0) + rec["wall_s"]
+    laq_reports = {}
+    for tag in ("all", "g0", "g1"):
+        eval_dir = os.path.join(plan.run(f"laq_{tag}"), "eval")
+        if os.path.isdir(eval_dir):
+            files = sorted(f for f in os.listdir(eval_dir) if f.endswith(".json"))
+            if files:
+                with open(os.path.join(eval_dir, files[-1])) as f:
+                    laq_reports[tag] = json.load(f)
+    pretraining = {
+        name: _last_eval(plan.run(name))
+        for name in ["latent_all", "latent_g0", "latent_g1", "action_pre"]
+        + [f"idm_k{k}" for k in c.demo_ks]
+        + [f"vpt_pre_k{k}" for k in c.demo_ks]
+        if os.path.isdir(plan.run(name))
+    }
+    return {
+        "config": c.to_dict(),
+        "artefacts": _artefacts(plan),
+        "summary": summary,
+        "success": success,
+        "offline_action_mse": offline,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "laq_reports": laq_reports,
+        "pretraining_reports": pretraining,
+        "jobs_done": sum(runner.done(j) for j in plan.jobs),
+        "jobs_total": len(plan.jobs),
+    }
+
+
+def report_table(report: dict[str, Any]) -> str:
+    c = report["config"]
+    ks = [str(k) for k in c["demo_ks"]]
+    lines = [
+        "| arm | " + " | ".join(f"k={k}" for k in ks) + " | CPU hours |",
+        "|---|" + "---|" * (len(ks) + 1),
+    ]
+    for arm in c["arms"]:
+        cells = []
+        for k in ks:
+            s = report["summary"].get(arm, {}).get(k)
+            cells.append(f"{s['mean']:.2f} ± {s['std']:.2f} ({s['seeds']})" if s else "-")
+        hours = report["cpu_seconds"].get(arm, 0.0) / 3600
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {hours:.2f} |")
+    lines.append(
+        f"\nSuccess rate: mean over tasks, then mean ± std over seeds (number of seeds). "
+        f"Shared jobs (datasets, tokenizer): {report['cpu_seconds'].get(SHARED, 0.0) / 3600:.2f} CPU hours."
+    )
+    k = ks[-1]
+    arms = [a for a in c["arms"] if k in report["summary"].get(a, {})]
+    if arms:
+        lines += ["", f"Per task at k={k} (mean over seeds):", ""]
+        lines.append("| task | " + " | ".join(arms) + " |")
+        lines.append("|---|" + "---|" * len(arms))
+        for t in c["tasks"]:
+            row = [f"{report['summary'][a][k]['per_task_mean'][t]:.2f}" for a in arms]
+            lines.append(f"| {t} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: str) -> list[str]:
+    from lapa_jax import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "table.md")]
+    with open(paths[0], "w") as f:
+        json.dump(report, f, indent=2)
+    with open(paths[1], "w") as f:
+        f.write(report_table(report) + "\n")
+    c, summary = report["config"], report["summary"]
+    ks = [str(k) for k in c["demo_ks"]]
+    arms = [a for a in c["arms"] if a in summary and all(k in summary[a] for k in ks)]
+    if arms:
+        paths.append(
+            plots.lines(
+                os.path.join(out_dir, "success_vs_k.png"),
+                [float(k) for k in ks],
+                {a: [summary[a][k]["mean"] for k in ks] for a in arms},
+                title="Meta-World MT10: success vs demonstrations per task",
+                xlabel="k",
+                errors={a: [summary[a][k]["std"] for k in ks] for a in arms},
+            )
+        )
+        paths.append(
+            plots.grouped_bars(
+                os.path.join(out_dir, "success_per_task.png"),
+                [t.removesuffix("-v3") for t in c["tasks"]],
+                {a: [summary[a][ks[-1]]["per_task_mean"][t] for t in c["tasks"]] for a in arms},
+                title=f"success per task, k={ks[-1]}",
+            )
+        )
+    for tag, r in report["laq_reports"].items():
+        atlas = r.get("atlas")
+        if atlas and os.path.isfile(atlas):
+            dst = os.path.join(out_dir, f"laq_{tag}_atlas.png")
+            shutil.copyfile(atlas, dst)
+            paths.append(dst)
+    return paths
