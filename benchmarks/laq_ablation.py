@@ -113,6 +113,28 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default_rvq with one attention-pooled latent, added to every decoder token",
         ["--config=experiments/laq.py:metaworld", *RVQ, *GLOBAL],
     ),
+    "rvq_d8": (
+        "default_rvq with an 8-dim latent: a narrower bottleneck for the motion",
+        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.latent_dim=8"],
+    ),
+    "rvq_d8_nonorm": (
+        "rvq_d8 without the unit-sphere latent, so its length can carry the speed",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.latent_dim=8",
+            "--config.model.latent_norm=False",
+        ],
+    ),
+    "rvq_d4_nonorm": (
+        "rvq_d8_nonorm with a 4-dim latent: as many numbers as the action has",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.latent_dim=4",
+            "--config.model.latent_norm=False",
+        ],
+    ),
 }
 
 MEASURES = (
@@ -143,6 +165,17 @@ def summarize(report: dict[str, Any], alarms: int) -> dict[str, Any]:
             "probe_xyz_latent_continuous": probe["latent_continuous"]["r2_xyz"],
             "probe_gripper_latent_continuous": probe["latent_continuous"]["r2_gripper"],
             "psnr_copy": report["psnr_copy_baseline"],
+            # What the state alone predicts, and what the codes or the motion add to it.
+            **{
+                f"probe_{dim}_{name}": probe[name][f"r2_{dim}"]
+                for name in (
+                    "frame_t_16x16",
+                    "codes_onehot_plus_frame_t",
+                    "pixel_difference_plus_frame_t",
+                )
+                if name in probe
+                for dim in ("xyz", "gripper")
+            },
         },
         "psnr": report["psnr"],
         "codes_used_per_position": report["codes_used_per_position"],
@@ -258,6 +291,7 @@ def markdown_table(rows: dict[str, Any]) -> str:
         "train min",
         *[label for _, label in MEASURES],
         "pixel-diff probe xyz / gripper",
+        "xyz probe: x_t / codes + x_t / pixel-diff + x_t",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows.values():
@@ -269,6 +303,14 @@ def markdown_table(rows: dict[str, Any]) -> str:
                 f"{r['train_time_s'] * int(step) / r['steps'] / 60:.1f}",
                 *[_fmt(m[k]) for k, _ in MEASURES],
                 f"{b['probe_xyz_pixel_difference_16x16']:.3f} / {b['probe_gripper_pixel_difference_16x16']:.3f}",
+                " / ".join(
+                    _fmt(b.get(f"probe_xyz_{n}", "-"))
+                    for n in (
+                        "frame_t_16x16",
+                        "codes_onehot_plus_frame_t",
+                        "pixel_difference_plus_frame_t",
+                    )
+                ),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

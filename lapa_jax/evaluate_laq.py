@@ -199,11 +199,19 @@ class Evaluator:
 
         def features(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             x0, x1 = d["frames"][:, 0], d["frames"][:, 1]
+            codes = onehot_codes(d["codes"], k)
+            pixel_diff = downsample(x1 - x0, 16).reshape(len(x0), -1)
+            # An expert's action is largely a function of the state it is in, so x_t alone
+            # predicts much of it; "+ frame_t" rows show what the motion adds to that.
+            frame_t = downsample(x0, 16).reshape(len(x0), -1)
             return {
-                "codes_onehot": onehot_codes(d["codes"], k),
+                "codes_onehot": codes,
                 "latent_continuous": d["delta"].reshape(len(x0), -1),
-                "pixel_difference_16x16": downsample(x1 - x0, 16).reshape(len(x0), -1),
+                "pixel_difference_16x16": pixel_diff,
                 "pixel_difference_8x8": downsample(x1 - x0, 8).reshape(len(x0), -1),
+                "frame_t_16x16": frame_t,
+                "codes_onehot_plus_frame_t": np.concatenate([codes, frame_t], 1),
+                "pixel_difference_plus_frame_t": np.concatenate([pixel_diff, frame_t], 1),
             }
 
         y_tr, y_te = target(tr), target(ev)

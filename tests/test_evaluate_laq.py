@@ -54,7 +54,14 @@ def test_report_on_a_tiny_run(full_run):
     assert all(1 <= c <= 8 for c in report["codes_used_per_position"])
     assert all(1.0 - 1e-6 <= p <= 8.0 for p in report["perplexity_per_position"])
     probe = report["probe"]
-    for name in ("codes_onehot", "latent_continuous", "pixel_difference_16x16"):
+    for name in (
+        "codes_onehot",
+        "latent_continuous",
+        "pixel_difference_16x16",
+        "frame_t_16x16",
+        "codes_onehot_plus_frame_t",
+        "pixel_difference_plus_frame_t",
+    ):
         assert set(probe[name]) >= {"r2_xyz", "r2_gripper", "r2_per_dim"}
         assert len(probe[name]["r2_per_dim"]) == 4
     assert os.path.isfile(report["atlas"])
