@@ -72,3 +72,44 @@ def test_report_on_a_tiny_run(full_run):
     with Image.open(report["atlas"]) as im:
         # 3 frames x (4 positions + all) rows; x_t, x_{t+H} and 8 codes per row.
         assert im.size == (2 + 10 * (16 + 2), 2 + 15 * (16 + 2))
+
+
+def test_residual_kmeans_codes_carry_a_low_dimensional_target():
+    """The probe-ceiling analysis: 4 x 8 residual codes fitted on the target itself
+    must let a linear probe recover it (the ceiling the report compares against)."""
+    from benchmarks import laq_probe_ceiling as ceiling
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(1200, 3))
+    books = ceiling.fit_residual_kmeans(y[:800], k=8, stages=4)
+    assert [b.shape for b in books] == [(8, 3)] * 4
+    c_tr, c_te = ceiling.residual_codes(y[:800], books), ceiling.residual_codes(y[800:], books)
+    assert c_tr.shape == (800, 4) and c_tr.max() < 8
+    r2 = evaluate_laq.ridge_r2(
+        evaluate_laq.onehot_codes(c_tr, 8), y[:800], evaluate_laq.onehot_codes(c_te, 8), y[800:]
+    )
+    assert np.all(r2 > 0.85)
+    # One stage alone is much coarser: later stages add what the first missed.
+    r2_first = evaluate_laq.ridge_r2(
+        evaluate_laq.onehot_codes(c_tr[:, :1], 8),
+        y[:800],
+        evaluate_laq.onehot_codes(c_te[:, :1], 8),
+        y[800:],
+    )
+    assert r2_first.mean() < r2.mean() - 0.2
+
+
+def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
+    from benchmarks import laq_probe_ceiling as ceiling
+
+    workdir, _ = full_run
+    out = ceiling.main(
+        ["--workdir", workdir, "--max_pairs", "40", "--out", str(tmp_path / "c.json")]
+    )
+    assert out["checkpoint_step"] == 6
+    assert sorted(out["codes_first_positions"]) == ["1", "2", "3", "4"]
+    for key in ("codes", "latent_continuous", "frame_t", "codes_plus_frame_t", "pixel_difference"):
+        assert out[key]["r2_xyz"] <= 1.0, key
+    assert out["posthoc_codes_of_true_action"]["r2_xyz"] <= 1.0
+    with open(tmp_path / "c.json") as f:
+        assert json.load(f)["codes"] == out["codes"]
