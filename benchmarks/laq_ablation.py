@@ -126,6 +126,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.latent_norm=False",
         ],
     ),
+    "default_rvq_gap8": (
+        "default_rvq with frame gap 8 (16 simulator steps): twice the motion again",
+        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.data.frame_gap=8"],
+    ),
     "rvq_d4_nonorm": (
         "rvq_d8_nonorm with a 4-dim latent: as many numbers as the action has",
         [
