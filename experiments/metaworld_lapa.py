@@ -11,6 +11,9 @@ evaluated closed loop on every task):
 - action_pretrained: pretraining on the video set's true actions (an upper bound);
 - lapa_transfer: quantizer and latent pretraining on the videos of the other half of
   the tasks only, finetuned and evaluated on the held-out half (each half in turn);
+- scratch_half: lapa_transfer's control, finetuned from scratch on the same half of the
+  tasks. A policy for 5 tasks gets twice the steps per task of one for 10, so
+  lapa_transfer is compared with this arm, not with scratch;
 - vpt: an inverse dynamics model trained on the k demonstrations pseudo-labels the
   video set; the policy pretrains on those labels, then finetunes.
 The video set and the demonstrations are disjoint (different seed families); the
@@ -37,7 +40,7 @@ MT10 = (
     "window-open-v3",
     "window-close-v3",
 )
-ARMS = ("scratch", "lapa", "action_pretrained", "lapa_transfer", "vpt")
+ARMS = ("scratch", "lapa", "action_pretrained", "lapa_transfer", "scratch_half", "vpt")
 VARIANTS = ("full", "demo", "tiny")
 
 # One VLM size for every pretraining and finetuning run (LAPA loads the latent run's

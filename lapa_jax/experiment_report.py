@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lapa_jax.metaworld_experiment import SHARED, Plan, Runner
+from lapa_jax.metaworld_experiment import HALF_ARMS, SHARED, Plan, Runner
 
 
 def _last_eval(workdir: str) -> dict[str, float]:
@@ -52,7 +52,7 @@ def _artefacts(plan: Plan) -> dict[str, Any]:
     rollouts = {}
     c = plan.cfg
     for arm in c.arms:
-        groups = [0, 1] if arm == "lapa_transfer" else [None]
+        groups = [0, 1] if arm in HALF_ARMS else [None]
         for g in groups:
             d = os.path.join(plan.finetune_run(arm, c.demo_ks[-1], c.seeds[0], g), "closed_loop")
             if os.path.isdir(d):
@@ -69,7 +69,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
     for arm in c.arms:
         for k in c.demo_ks:
             for seed in c.seeds:
-                groups = [0, 1] if arm == "lapa_transfer" else [None]
+                groups = [0, 1] if arm in HALF_ARMS else [None]
                 per_task: dict[str, float] = {}
                 for g in groups:
                     run = plan.finetune_run(arm, k, seed, g)

@@ -55,16 +55,22 @@ def _overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+KNOWN_ARMS = ("scratch", "lapa", "action_pretrained", "lapa_transfer", "scratch_half", "vpt")
+# Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
+HALF_ARMS = ("lapa_transfer", "scratch_half")
+
+
 class Plan:
     """The experiment's jobs and where every artefact lives."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
         self.cfg, self.w = cfg, os.path.abspath(workdir)
-        unknown = set(cfg.arms) - {"scratch", "lapa", "action_pretrained", "lapa_transfer", "vpt"}
+        unknown = set(cfg.arms) - set(KNOWN_ARMS)
         if unknown:
             raise ValueError(f"unknown arms {sorted(unknown)}")
-        if "lapa_transfer" in cfg.arms and len(cfg.tasks) < 2:
-            raise ValueError("lapa_transfer needs at least 2 tasks (it holds half of them out)")
+        for arm in set(cfg.arms) & set(HALF_ARMS):
+            if len(cfg.tasks) < 2:
+                raise ValueError(f"{arm} needs at least 2 tasks (it works on halves of them)")
         if not cfg.demo_ks or min(cfg.demo_ks) < 1 or not cfg.seeds:
             raise ValueError(
                 f"demo_ks must be >= 1 and seeds non-empty, got {cfg.demo_ks}, {cfg.seeds}"
@@ -182,10 +188,11 @@ class Plan:
             )
         for k in c.demo_ks:
             self._dataset(f"demos_k{k}", c.tasks, k, c.demo_val_episodes_per_task, c.demo_seed)
-        if "lapa_transfer" in arms:
-            for g, tasks in enumerate(self.groups):
+        for g, tasks in enumerate(self.groups):
+            if "lapa_transfer" in arms:
                 v, val, s = c.video_episodes_per_task, c.video_val_episodes_per_task, c.video_seed
                 self._dataset(f"video_g{g}", tasks, v, val, s)
+            if arms & set(HALF_ARMS):
                 for k in c.demo_ks:
                     self._dataset(
                         f"demos_k{k}_g{g}", tasks, k, c.demo_val_episodes_per_task, c.demo_seed
@@ -238,6 +245,9 @@ class Plan:
                 if "lapa_transfer" in arms:
                     for g in range(2):  # pretrained on group 1-g, finetuned on group g
                         self._finetune("lapa_transfer", k, seed, self.run(f"latent_g{1 - g}"), g)
+                if "scratch_half" in arms:
+                    for g in range(2):  # lapa_transfer's control: the same half, no pretraining
+                        self._finetune("scratch_half", k, seed, "", g)
 
 
 class Runner:

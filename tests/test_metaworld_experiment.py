@@ -53,12 +53,17 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     assert flag(t, "data.dir") == plan.data("demos_k5_g0")
     assert flag(jobs["eval_lapa_transfer_k5_s0_g0"], "tasks").split(",") == g0
     assert flag(jobs["latent_g1"], "data.dir") == plan.data("video_g1_latent")
+    # Its control: the same half's demonstrations and evaluation, no pretraining.
+    h = jobs["ft_scratch_half_k5_s0_g0"]
+    assert flag(h, "init_from") == "" and flag(h, "data.dir") == plan.data("demos_k5_g0")
+    assert flag(jobs["eval_scratch_half_k5_s0_g0"], "tasks").split(",") == g0
     # VPT pretrains on the video set with the IDM's labels, not its true actions.
     assert flag(jobs["vpt_pre_k5"], "data.action_labels") == plan.data("vpt_k5.npz")
     assert flag(jobs["vpt_pre_k5"], "data.dir") == plan.data("video")
     # Evaluation: every seed's own layouts, the same for every arm.
     assert flag(jobs["eval_lapa_k5_s2"], "seed") == flag(jobs["eval_scratch_k5_s2"], "seed") == "2"
-    n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + 1)  # transfer: 2 halves
+    # lapa_transfer and scratch_half: one policy per half.
+    n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + 2)
     assert sum(n.startswith("ft_") for n in order) == n_ft
     assert sum(n.startswith("eval_") for n in order) == n_ft
 
@@ -70,6 +75,10 @@ def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
         n.startswith(("idm", "vpt", "action_pre", "laq_g", "data_video_g")) for n in names
     )
     assert "latent_all" in names and "ft_scratch_k10_s0" in names
+    cfg.arms = ["scratch", "scratch_half"]  # the halves' demonstrations, not their videos
+    names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
+    assert "data_demos_k10_g1" in names and "ft_scratch_half_k10_s0_g1" in names
+    assert not any(n.startswith(("data_video", "laq", "latent")) for n in names)
     cfg.arms = ["scratch", "diffusion"]
     with pytest.raises(ValueError, match="unknown arms"):
         mx.Plan(cfg, str(tmp_path))
