@@ -112,3 +112,19 @@ def test_finetuning_reads_pseudo_labels_instead_of_the_datasets(
     c2.data.action_labels = str(tmp_path / "none.npz")
     with pytest.raises(FileNotFoundError, match="action_labels"):
         ActionFinetuneTask(c2)
+
+
+def test_idm_label_agreement_scores_labels_against_true_actions():
+    from benchmarks.idm_label_agreement import agreement
+
+    rng = np.random.default_rng(0)
+    true = {f"train/{e}": rng.normal(size=(20, 4)).astype(np.float32) for e in range(3)}
+    exact = agreement(dict(true), true)
+    assert exact["steps"] == 60 and np.allclose(exact["r2_per_dim"], 1.0)
+    assert np.allclose(exact["residual_std_per_dim"], 0.0)
+    halved = agreement({k: v * 0.5 for k, v in true.items()}, true)
+    assert np.allclose(halved["r2_per_dim"], 0.75, atol=0.05)  # 1 - 0.25 of the variance
+    with pytest.raises(KeyError, match="no episode 'train/2'"):
+        agreement({k: v for k, v in true.items() if k != "train/2"}, true)
+    with pytest.raises(ValueError, match="episode train/0"):
+        agreement({**true, "train/0": true["train/0"][:5]}, true)
