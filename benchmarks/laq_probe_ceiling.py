@@ -94,9 +94,12 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
         return probe(E.onehot_codes(c_tr, k), E.onehot_codes(c_te, k))
 
     stages = tr["codes"].shape[1]
-    frame = lambda d: E.downsample(d["frames"][:, 0], 16).reshape(len(d["frames"]), -1)  # noqa: E731
-    pixdiff = lambda d: E.downsample(d["frames"][:, 1] - d["frames"][:, 0], 16).reshape(  # noqa: E731
-        len(d["frames"]), -1
+    frame_tr, frame_te = (
+        E.downsample(d["frames"][:, 0], 16).reshape(len(d["frames"]), -1) for d in (tr, te)
+    )
+    diff_tr, diff_te = (
+        E.downsample(d["frames"][:, 1] - d["frames"][:, 0], 16).reshape(len(d["frames"]), -1)
+        for d in (tr, te)
     )
     lat_tr = tr["delta"].reshape(len(y_tr), -1)
     lat_te = te["delta"].reshape(len(y_te), -1)
@@ -111,12 +114,12 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
             for s in range(1, stages + 1)
         },
         "latent_continuous": probe(lat_tr, lat_te),
-        "frame_t": probe(frame(tr), frame(te)),
+        "frame_t": probe(frame_tr, frame_te),
         "codes_plus_frame_t": probe(
-            np.concatenate([E.onehot_codes(tr["codes"], k), frame(tr)], 1),
-            np.concatenate([E.onehot_codes(te["codes"], k), frame(te)], 1),
+            np.concatenate([E.onehot_codes(tr["codes"], k), frame_tr], 1),
+            np.concatenate([E.onehot_codes(te["codes"], k), frame_te], 1),
         ),
-        "pixel_difference": probe(pixdiff(tr), pixdiff(te)),
+        "pixel_difference": probe(diff_tr, diff_te),
     }
 
     def posthoc(f_tr: np.ndarray, f_te: np.ndarray) -> dict[str, float | None]:
@@ -125,7 +128,7 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
 
     out["posthoc_codes_of_latent"] = posthoc(lat_tr, lat_te)
     out["posthoc_codes_of_pixel_difference_pcs"] = {
-        str(n): posthoc(*top_components(pixdiff(tr), pixdiff(te), n)) for n in (4, 16, 64)
+        str(n): posthoc(*top_components(diff_tr, diff_te, n)) for n in (4, 16, 64)
     }
     scale = y_tr.std(0) + 1e-8
     out["posthoc_codes_of_true_action"] = posthoc(y_tr / scale, y_te / scale)
