@@ -232,8 +232,10 @@ class Plan:
                 )  # fmt: skip
                 extra = {**self._vlm_data(self.data("video")), "data.action_labels": labels}
                 self._train(f"vpt_pre_k{k}", "vpt", c.action_pretrain, **extra)
-        for k in c.demo_ks:
-            for seed in c.seeds:
+        # Seed-major, so an interrupted run has every k at its first seed before any
+        # k gets a second one: a partial report then already spans the curve.
+        for seed in c.seeds:
+            for k in c.demo_ks:
                 if "scratch" in arms:
                     self._finetune("scratch", k, seed, "")
                 if "lapa" in arms:

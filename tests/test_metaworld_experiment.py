@@ -66,6 +66,11 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + 2)
     assert sum(n.startswith("ft_") for n in order) == n_ft
     assert sum(n.startswith("eval_") for n in order) == n_ft
+    # Seed-major: every k's first seed is finetuned before any second seed.
+    ft = [n for n in order if n.startswith("ft_")]
+    last_s0 = max(i for i, n in enumerate(ft) if "_s0" in n)
+    first_s1 = min(i for i, n in enumerate(ft) if "_s1" in n)
+    assert last_s0 < first_s1 and f"ft_scratch_k{cfg.demo_ks[-1]}_s0" in ft[:first_s1]
 
 
 def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
