@@ -139,6 +139,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.latent_norm=False",
         ],
     ),
+    "rvq_shift4": (
+        "default_rvq with the latent encoded from a view shifted by up to 4 pixels and "
+        "decoded onto another: where things are no longer carries over, how they move does",
+        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.loss.view_shift=4"],
+    ),
+    "rvq_nopos": (
+        "default_rvq whose encoder has no spatial position embedding: it cannot say "
+        "where in the image a change is",
+        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.encoder_spatial_pos=False"],
+    ),
 }
 
 MEASURES = (

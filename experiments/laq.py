@@ -102,6 +102,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             change_threshold=0.05,
             usage_entropy_weight=0.0,  # pushes the batch's soft code use towards uniform
             usage_entropy_temperature=1.0,
+            # Encode the latent from a view of the pair translated by up to this many
+            # pixels and decode it onto another (0: off); see lapa_jax.tasks.laq.
+            view_shift=0,
         )
     )
     c.usage_ema_decay = 0.99

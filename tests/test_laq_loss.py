@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import laq as laq_experiment
-from lapa_jax.tasks.laq import LAQTask
+from lapa_jax.tasks.laq import LAQTask, cross_views, translate
 
 
 def _task(**loss):
@@ -91,3 +91,46 @@ def test_rvq_dead_codes_are_replaced_per_stage_from_that_stage_residuals():
                 replaced += 1
     assert replaced > 0 and int(new_ts["usage"]["replaced_total"].sum()) == replaced
     assert float(metrics["dead_codes_replaced"]) == replaced
+
+
+def test_translate_moves_both_frames_and_repeats_the_border():
+    frames = np.random.default_rng(0).uniform(0, 1, (3, 2, 16, 16, 3)).astype(np.float32)
+    shifts = np.array([[0, 0], [2, -3], [-4, 4]], np.int32)
+    out = np.asarray(translate(frames, shifts, 4))
+    np.testing.assert_array_equal(out[0], frames[0])
+    # out[y, x] = in[y + dy, x + dx] wherever that is inside the image, for both frames
+    np.testing.assert_array_equal(out[1, :, :14, 3:], frames[1, :, 2:, :13])
+    np.testing.assert_array_equal(out[2, :, 4:, :12], frames[2, :, :12, 4:])
+    # outside, the nearest border pixel: rows below the image repeat its last row
+    np.testing.assert_array_equal(out[1, :, 14:, 3:], np.repeat(frames[1, :, 15:, :13], 2, 1))
+
+
+def test_cross_view_loss_decodes_the_latent_of_one_view_onto_another():
+    """The latent comes from view A, the decoder starts from view B's x_t and is scored
+    on view B's x_{t+H}: recomputed here from the same random views."""
+    task = _task(view_shift=3)
+    batch = _batch()
+    params, ts = task.init(jax.random.key(0), batch)
+    params = nn.meta.unbox(params)
+    loss, _ = task.loss(params, ts, batch, jax.random.key(1), 0)
+    rng, k_views = jax.random.split(jax.random.key(1))
+    view_a, view_b = cross_views(batch["frames"], k_views, 3)
+    assert not np.allclose(np.asarray(view_a), np.asarray(view_b))
+    recon = task.model.apply(
+        {"params": params},
+        view_a,
+        train=True,
+        decode_first_BHWC=view_b[:, 0],
+        rngs={"noise": rng},
+    )["recon"]
+    expected = float(((np.asarray(recon) - np.asarray(view_b[:, 1])) ** 2).mean())
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    # ... and it is not the same-view loss
+    plain, _ = _task().loss(params, ts, batch, jax.random.key(1), 0)
+    assert abs(float(plain) - float(loss)) > 1e-6
+
+
+@pytest.mark.parametrize("shift", [-1, 8])
+def test_view_shift_out_of_range_is_refused(shift):
+    with pytest.raises(ValueError, match=r"loss\.view_shift"):
+        _task(view_shift=shift)

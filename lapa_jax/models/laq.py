@@ -363,10 +363,18 @@ class LAQ(nn.Module):
         """The continuous latent action [B, L, latent_dim] (a difference of frame features)."""
         return self.encoder(frames_BTHWC)
 
-    def __call__(self, frames_BTHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        frames_BTHWC: jax.Array,
+        train: bool = False,
+        decode_first_BHWC: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
+        """`decode_first_BHWC`: the x_t the decoder starts from, when it is not the pair's
+        own (the cross-view lever decodes another view of the same pair)."""
         delta_BLD = self.latent_difference(frames_BTHWC)
         q = self.quantizer(delta_BLD, train)
-        recon_BHWC = self.decoder(frames_BTHWC[:, 0], q.quantized, train)
+        first_BHWC = frames_BTHWC[:, 0] if decode_first_BHWC is None else decode_first_BHWC
+        recon_BHWC = self.decoder(first_BHWC, q.quantized, train)
         return {
             "recon": recon_BHWC,
             "codes": q.codes,

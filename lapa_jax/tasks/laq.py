@@ -34,6 +34,34 @@ def usage_entropy_gap(logits_BLK: jax.Array, temperature: float) -> jax.Array:
     return jnp.mean(jnp.log(logits_BLK.shape[-1]) - ent_L)
 
 
+def translate(frames_BTHWC: jax.Array, shifts_B2: jax.Array, max_shift: int) -> jax.Array:
+    """Each sample's frames moved by the same whole-pixel (dy, dx), |d| <= max_shift, with
+    the border pixels repeated: out[y, x] = in[y + dy, x + dx]."""
+    p = max_shift
+    _, t, h, w, c = frames_BTHWC.shape
+    padded = jnp.pad(frames_BTHWC, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+
+    def one(f_THWC: jax.Array, s_2: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(f_THWC, (0, p + s_2[0], p + s_2[1], 0), (t, h, w, c))
+
+    return jax.vmap(one)(padded, shifts_B2)
+
+
+def cross_views(
+    frames_BTHWC: jax.Array, rng: jax.Array, max_shift: int
+) -> tuple[jax.Array, jax.Array]:
+    """Two translated views of every pair: the latent is encoded from the first and
+    decoded onto the second's x_t. A latent that says where things are (the state) is
+    then wrong by the views' offset; only how things move carries over."""
+    k_a, k_b = jax.random.split(rng)
+    shape = (frames_BTHWC.shape[0], 2)
+    views = [
+        translate(frames_BTHWC, jax.random.randint(k, shape, -max_shift, max_shift + 1), max_shift)
+        for k in (k_a, k_b)
+    ]
+    return views[0], views[1]
+
+
 def psnr(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Per-sample PSNR in dB for images in [0, 1]."""
     mse = jnp.mean(jnp.square(jnp.clip(pred, 0.0, 1.0) - target), axis=tuple(range(1, pred.ndim)))
@@ -69,6 +97,11 @@ class LAQTask(Task):
         self.change_threshold = float(lc.get("change_threshold", CHANGE_THRESHOLD))
         self.usage_entropy_weight = float(lc.get("usage_entropy_weight", 0.0))
         self.usage_entropy_temperature = float(lc.get("usage_entropy_temperature", 1.0))
+        self.view_shift = int(lc.get("view_shift", 0))
+        if not 0 <= self.view_shift < config.data.image_size // 2:
+            raise ValueError(
+                f"loss.view_shift must be in [0, image_size / 2), got {self.view_shift}"
+            )
         if self.changed_weight < 0 or self.usage_entropy_weight < 0:
             raise ValueError(
                 "loss.changed_weight and loss.usage_entropy_weight must be >= 0, got "
@@ -115,9 +148,22 @@ class LAQTask(Task):
 
     def loss(self, params, task_state, batch, rng, step):
         frames = batch["frames"]
-        out = self.model.apply({"params": params}, frames, train=True, rngs={"noise": rng})
-        first = frames[:, 0].astype(jnp.float32)
-        target = frames[:, 1].astype(jnp.float32)
+        decode_first = None
+        if self.view_shift > 0:
+            rng, k_views = jax.random.split(rng)
+            frames, decoded = cross_views(frames, k_views, self.view_shift)
+            decode_first = decoded[:, 0]
+        else:
+            decoded = frames
+        out = self.model.apply(
+            {"params": params},
+            frames,
+            train=True,
+            decode_first_BHWC=decode_first,
+            rngs={"noise": rng},
+        )
+        first = decoded[:, 0].astype(jnp.float32)
+        target = decoded[:, 1].astype(jnp.float32)
         sq_err_BHW = jnp.mean(jnp.square(out["recon"] - target), -1)
         recon_loss = jnp.mean(sq_err_BHW)
         loss = recon_loss
