@@ -87,12 +87,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "lengths": lengths,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp{os.getpid()}.npz"
+    return save_labels(args.out, arrays, meta)
+
+
+def save_labels(out: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+    """Writes the labels npz atomically (a reader never sees half a file); `meta` must
+    hold "lengths" (split -> episode lengths)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{out}.tmp{os.getpid()}.npz"
     np.savez(tmp, __meta__=np.asarray(json.dumps(meta)), **arrays)
-    os.replace(tmp, args.out)
+    os.replace(tmp, out)
+    lengths = meta["lengths"]
     n = sum(len(v) for v in lengths.values())
-    print(f"labelled {n} episodes ({sum(map(sum, lengths.values()))} steps) -> {args.out}")
+    print(f"labelled {n} episodes ({sum(map(sum, lengths.values()))} steps) -> {out}")
     return meta
 
 
