@@ -9,6 +9,8 @@ evaluated closed loop on every task):
 - scratch: finetuning only;
 - lapa: quantizer on the video set, latent labels, latent pretraining, finetuning;
 - action_pretrained: pretraining on the video set's true actions (an upper bound);
+- action_pretrained_clean: the same on the scripted expert's actions without the
+  recorder's N(0, 0.1) noise (data_pipelines/label_expert_actions.py);
 - lapa_transfer: quantizer and latent pretraining on the videos of the other half of
   the tasks only, finetuned and evaluated on the held-out half (each half in turn);
 - scratch_half: lapa_transfer's control, finetuned from scratch on the same half of the
@@ -40,7 +42,15 @@ MT10 = (
     "window-open-v3",
     "window-close-v3",
 )
-ARMS = ("scratch", "lapa", "action_pretrained", "lapa_transfer", "scratch_half", "vpt")
+ARMS = (
+    "scratch",
+    "lapa",
+    "action_pretrained",
+    "action_pretrained_clean",
+    "lapa_transfer",
+    "scratch_half",
+    "vpt",
+)
 VARIANTS = ("full", "demo", "tiny")
 
 # One VLM size for every pretraining and finetuning run (LAPA loads the latent run's

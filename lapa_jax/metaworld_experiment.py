@@ -55,7 +55,15 @@ def _overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-KNOWN_ARMS = ("scratch", "lapa", "action_pretrained", "lapa_transfer", "scratch_half", "vpt")
+KNOWN_ARMS = (
+    "scratch",
+    "lapa",
+    "action_pretrained",
+    "action_pretrained_clean",
+    "lapa_transfer",
+    "scratch_half",
+    "vpt",
+)
 # Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
 HALF_ARMS = ("lapa_transfer", "scratch_half")
 
@@ -177,7 +185,7 @@ class Plan:
 
     def _build(self) -> None:
         c, arms = self.cfg, set(self.cfg.arms)
-        video = ["lapa", "action_pretrained", "lapa_transfer", "vpt"]
+        video = ["lapa", "action_pretrained", "action_pretrained_clean", "lapa_transfer", "vpt"]
         if arms & set(video):
             self._dataset(
                 "video",
@@ -218,6 +226,20 @@ class Plan:
                 c.action_pretrain,
                 **self._vlm_data(self.data("video")),
             )
+        if "action_pretrained_clean" in arms:
+            # The same pretraining on the scripted expert's actions without the recorder's
+            # noise: what VPT's smoother labels are measured against.
+            labels = self.data("expert_clean.npz")
+            self._add(
+                "expert_labels",
+                "action_pretrained_clean",
+                [
+                    "-m", "data_pipelines.label_expert_actions", "--src", self.data("video"),
+                    "--out", labels,
+                ],
+            )  # fmt: skip
+            extra = {**self._vlm_data(self.data("video")), "data.action_labels": labels}
+            self._train("action_pre_clean", "action_pretrained_clean", c.action_pretrain, **extra)
         if "vpt" in arms:
             for k in c.demo_ks:
                 self._train(f"idm_k{k}", "vpt", c.idm, **{"data.dir": self.data(f"demos_k{k}")})
@@ -242,6 +264,9 @@ class Plan:
                     self._finetune("lapa", k, seed, self.run("latent_all"))
                 if "action_pretrained" in arms:
                     self._finetune("action_pretrained", k, seed, self.run("action_pre"))
+                if "action_pretrained_clean" in arms:
+                    pre = self.run("action_pre_clean")
+                    self._finetune("action_pretrained_clean", k, seed, pre)
                 if "vpt" in arms:
                     self._finetune("vpt", k, seed, self.run(f"vpt_pre_k{k}"))
                 if "lapa_transfer" in arms:

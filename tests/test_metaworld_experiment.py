@@ -60,6 +60,14 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     # VPT pretrains on the video set with the IDM's labels, not its true actions.
     assert flag(jobs["vpt_pre_k5"], "data.action_labels") == plan.data("vpt_k5.npz")
     assert flag(jobs["vpt_pre_k5"], "data.dir") == plan.data("video")
+    # ... and the clean-action control on the expert's noise-free actions of the same set.
+    clean = plan.data("expert_clean.npz")
+    assert flag(jobs["expert_labels"], "out") == clean
+    assert flag(jobs["action_pre_clean"], "data.action_labels") == clean
+    assert order.index("expert_labels") < order.index("action_pre_clean")
+    assert flag(jobs["ft_action_pretrained_clean_k10_s1"], "init_from") == plan.run(
+        "action_pre_clean"
+    )
     # Evaluation: every seed's own layouts, the same for every arm.
     assert flag(jobs["eval_lapa_k5_s2"], "seed") == flag(jobs["eval_scratch_k5_s2"], "seed") == "2"
     # lapa_transfer and scratch_half: one policy per half.
