@@ -139,6 +139,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.latent_norm=False",
         ],
     ),
+    "default_rvq_seed1": (
+        "default_rvq with another training seed: how far one seed moves the measures",
+        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.train.seed=1"],
+    ),
     "rvq_shift4": (
         "default_rvq with the latent encoded from a view shifted by up to 4 pixels and "
         "decoded onto another: where things are no longer carries over, how they move does",
