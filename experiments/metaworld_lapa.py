@@ -7,6 +7,8 @@ Does latent pretraining on action-free video help a policy finetuned on a few
 demonstrations? Arms (each finetuned on k labelled demonstrations per task, then
 evaluated closed loop on every task):
 - scratch: finetuning only;
+- scratch_long: finetuning only, for as many steps as pretraining and finetuning
+  together (the compute-matched control: 500 steps from scratch end on a plateau);
 - lapa: quantizer on the video set, latent labels, latent pretraining, finetuning;
 - action_pretrained: pretraining on the video set's true actions (an upper bound);
 - action_pretrained_clean: the same on the scripted expert's actions without the
@@ -15,7 +17,8 @@ evaluated closed loop on every task):
   the tasks only, finetuned and evaluated on the held-out half (each half in turn);
 - scratch_half: lapa_transfer's control, finetuned from scratch on the same half of the
   tasks. A policy for 5 tasks gets twice the steps per task of one for 10, so
-  lapa_transfer is compared with this arm, not with scratch;
+  lapa_transfer is compared with this arm, not with scratch; scratch_half_long is
+  the same for as many steps as pretraining and finetuning together;
 - vpt: an inverse dynamics model trained on the k demonstrations pseudo-labels the
   video set; the policy pretrains on those labels, then finetunes.
 The video set and the demonstrations are disjoint (different seed families); the
@@ -44,11 +47,13 @@ MT10 = (
 )
 ARMS = (
     "scratch",
+    "scratch_long",
     "lapa",
     "action_pretrained",
     "action_pretrained_clean",
     "lapa_transfer",
     "scratch_half",
+    "scratch_half_long",
     "vpt",
 )
 VARIANTS = ("full", "demo", "tiny")

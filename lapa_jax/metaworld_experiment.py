@@ -57,15 +57,17 @@ def _overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
 
 KNOWN_ARMS = (
     "scratch",
+    "scratch_long",
     "lapa",
     "action_pretrained",
     "action_pretrained_clean",
     "lapa_transfer",
     "scratch_half",
+    "scratch_half_long",
     "vpt",
 )
 # Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
-HALF_ARMS = ("lapa_transfer", "scratch_half")
+HALF_ARMS = ("lapa_transfer", "scratch_half", "scratch_half_long")
 
 
 class Plan:
@@ -162,14 +164,24 @@ class Plan:
         self._train(f"latent_{tag}", arm, c.latent, **self._vlm_data(labelled, spec))
 
     def _finetune(
-        self, arm: str, k: int, seed: int, init_from: str, group: int | None = None
+        self,
+        arm: str,
+        k: int,
+        seed: int,
+        init_from: str,
+        group: int | None = None,
+        steps: int | None = None,
     ) -> None:
         c = self.cfg
         demos = f"demos_k{k}" + ("" if group is None else f"_g{group}")
         workdir = self.finetune_run(arm, k, seed, group)
         name = os.path.basename(workdir)
         extra = {**self._vlm_data(self.data(demos)), "init_from": init_from, "train.seed": seed}
-        self._train(name, arm, c.finetune, **extra)
+        stage = c.finetune
+        if steps is not None:
+            stage = ml_collections.ConfigDict(c.finetune.to_dict())
+            stage.overrides.train.steps = steps
+        self._train(name, arm, stage, **extra)
         tasks = c.tasks if group is None else self.groups[group]
         self._add(
             f"eval_{name[3:]}",
@@ -256,10 +268,16 @@ class Plan:
                 self._train(f"vpt_pre_k{k}", "vpt", c.action_pretrain, **extra)
         # Seed-major, so an interrupted run has every k at its first seed before any
         # k gets a second one: a partial report then already spans the curve.
+        # The scratch controls with as many optimisation steps as a pretrained arm sees in
+        # all (pretraining + finetuning): from scratch, 500 steps stop on a loss plateau
+        # that longer training leaves, so "scratch" alone flatters pretraining.
+        matched = c.finetune.overrides.train.steps + c.action_pretrain.overrides.train.steps
         for seed in c.seeds:
             for k in c.demo_ks:
                 if "scratch" in arms:
                     self._finetune("scratch", k, seed, "")
+                if "scratch_long" in arms:
+                    self._finetune("scratch_long", k, seed, "", steps=matched)
                 if "lapa" in arms:
                     self._finetune("lapa", k, seed, self.run("latent_all"))
                 if "action_pretrained" in arms:
@@ -275,6 +293,9 @@ class Plan:
                 if "scratch_half" in arms:
                     for g in range(2):  # lapa_transfer's control: the same half, no pretraining
                         self._finetune("scratch_half", k, seed, "", g)
+                if "scratch_half_long" in arms:
+                    for g in range(2):
+                        self._finetune("scratch_half_long", k, seed, "", g, steps=matched)
 
 
 class Runner:

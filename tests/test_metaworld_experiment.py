@@ -60,6 +60,13 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     # VPT pretrains on the video set with the IDM's labels, not its true actions.
     assert flag(jobs["vpt_pre_k5"], "data.action_labels") == plan.data("vpt_k5.npz")
     assert flag(jobs["vpt_pre_k5"], "data.dir") == plan.data("video")
+    # The compute-matched scratch controls: as many steps as pretraining + finetuning.
+    matched = cfg.finetune.overrides.train.steps + cfg.action_pretrain.overrides.train.steps
+    assert flag(jobs["ft_scratch_long_k5_s0"], "train.steps") == str(matched)
+    assert flag(jobs["ft_scratch_half_long_k25_s2_g1"], "train.steps") == str(matched)
+    assert flag(jobs["ft_scratch_half_long_k25_s2_g1"], "data.dir") == plan.data("demos_k25_g1")
+    assert flag(jobs["ft_scratch_long_k5_s0"], "init_from") == ""
+    assert flag(jobs["ft_scratch_k5_s0"], "train.steps") == str(cfg.finetune.overrides.train.steps)
     # ... and the clean-action control on the expert's noise-free actions of the same set.
     clean = plan.data("expert_clean.npz")
     assert flag(jobs["expert_labels"], "out") == clean
@@ -71,7 +78,7 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     # Evaluation: every seed's own layouts, the same for every arm.
     assert flag(jobs["eval_lapa_k5_s2"], "seed") == flag(jobs["eval_scratch_k5_s2"], "seed") == "2"
     # lapa_transfer and scratch_half: one policy per half.
-    n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + 2)
+    n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + len(mx.HALF_ARMS))
     assert sum(n.startswith("ft_") for n in order) == n_ft
     assert sum(n.startswith("eval_") for n in order) == n_ft
     # Seed-major: every k's first seed is finetuned before any second seed.
