@@ -1,15 +1,8 @@
 #!/bin/bash
 # Pretraining on the true actions without their noise: does it match VPT (0.45 at k=5)?
-set -e
-cd "$(dirname "$0")/../../../.."  # the repository root
-export MUJOCO_GL=egl TF_CPP_MIN_LOG_LEVEL=2
-R=runs/metaworld_lapa
-M="--config.head=chunked --config.model.depth=3 --config.model.head_dim=32 --config.model.mlp=512 --config.model.num_heads=4 --config.model.num_kv_heads=2 --config.model.vit_depth=2 --config.model.vit_heads=4 --config.model.vit_mlp=384 --config.model.vit_width=96 --config.model.width=128 --config.data.spec=metaworld --config.data.tokenizer=$R/tokenizer.model"
+# (Now the action_pretrained_clean arm of the experiment; this was its first check.)
+source "$(dirname "$0")/common.sh"
 W=runs/vpt_question
-[ -f $W/clean_video.npz ] || .venv/bin/python -m data_pipelines.label_expert_actions --src $R/data/video --out $W/clean_video.npz
-.venv/bin/python -m lapa_jax.train --config experiments/action_finetune.py:metaworld --workdir $W/action_pre_clean --cpu_devices 2 $M --config.train.eval_every=1500 --config.train.steps=1500 --config.data.dir=$R/data/video --config.data.action_labels=$W/clean_video.npz
-for s in 0 1; do
-.venv/bin/python -m lapa_jax.train --config experiments/action_finetune.py:metaworld --workdir $W/ft_action_pre_clean_k5_s$s --cpu_devices 2 $M --config.execution=receding --config.train.checkpoint_every=500 --config.train.eval_every=500 --config.train.steps=500 --config.data.dir=$R/data/demos_k5 --config.init_from=$W/action_pre_clean --config.train.seed=$s
-.venv/bin/python -m lapa_jax.evaluate_policy --workdir $W/ft_action_pre_clean_k5_s$s --tasks reach-v3,push-v3,pick-place-v3,door-open-v3,drawer-open-v3,drawer-close-v3,button-press-topdown-v3,peg-insert-side-v3,window-open-v3,window-close-v3 --episodes 20 --seed $s --max_frames 100 --workers 2 --batch_slots 32 --videos_per_task 0
-done
-echo DONE
+[ -f $W/clean_video.npz ] || $PY -m data_pipelines.label_expert_actions --src $R/data/video --out $W/clean_video.npz
+pretrain $W/action_pre_clean --config.data.action_labels=$W/clean_video.npz
+finetune_and_evaluate $W/ft_action_pre_clean_k5_s0 $W/action_pre_clean 500 0
