@@ -33,6 +33,8 @@ from typing import Any
 
 import ml_collections
 
+from lapa_jax.metaworld_experiment import KNOWN_ARMS
+
 MT10 = (
     "reach-v3",
     "push-v3",
@@ -45,17 +47,7 @@ MT10 = (
     "window-open-v3",
     "window-close-v3",
 )
-ARMS = (
-    "scratch",
-    "scratch_long",
-    "lapa",
-    "action_pretrained",
-    "action_pretrained_clean",
-    "lapa_transfer",
-    "scratch_half",
-    "scratch_half_long",
-    "vpt",
-)
+ARMS = KNOWN_ARMS  # every arm the driver knows
 VARIANTS = ("full", "demo", "tiny")
 
 # One VLM size for every pretraining and finetuning run (LAPA loads the latent run's
