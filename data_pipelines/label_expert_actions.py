@@ -23,12 +23,8 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.label_idm_actions import save_labels
-from lapa_jax.data.sources import DataError, EpisodeSource
+from lapa_jax.data.sources import DataError, EpisodeSource, _text
 from lapa_jax.sim import metaworld as mw
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def expert_actions(source: EpisodeSource, experts: dict[str, Any]) -> list[np.ndarray]:
