@@ -97,10 +97,14 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
             }
     cpu: dict[str, float] = {}
     wall: dict[str, float] = {}
+    untimed: dict[str, list[str]] = {}
     for job in plan.jobs:
         if runner.done(job):
             with open(runner.marker(job)) as f:
                 rec = json.load(f)
+            if rec.get("cpu_s") is None:  # adopted from a run made outside the driver
+                untimed.setdefault(job.arm, []).append(job.name)
+                continue
             cpu[job.arm] = cpu.get(job.arm, 0.0) + rec["cpu_s"]
             wall[job.arm] = wall.get(job.arm, 0.0) + rec["wall_s"]
     laq_reports = {}
@@ -126,6 +130,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
         "offline_action_mse": offline,
         "cpu_seconds": cpu,
         "wall_seconds": wall,
+        "untimed_jobs": untimed,  # finished, but not counted in the seconds above
         "laq_reports": laq_reports,
         "pretraining_reports": pretraining,
         "jobs_done": sum(runner.done(j) for j in plan.jobs),
@@ -146,7 +151,9 @@ def report_table(report: dict[str, Any]) -> str:
             s = report["summary"].get(arm, {}).get(k)
             cells.append(f"{s['mean']:.2f} ± {s['std']:.2f} ({s['seeds']})" if s else "-")
         hours = report["cpu_seconds"].get(arm, 0.0) / 3600
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {hours:.2f} |")
+        untimed = len(report.get("untimed_jobs", {}).get(arm, []))
+        note = f" (+{untimed} untimed jobs)" if untimed else ""
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {hours:.2f}{note} |")
     lines.append(
         f"\nSuccess rate: mean over tasks, then mean ± std over seeds (number of seeds). "
         f"Shared jobs (datasets, tokenizer): {report['cpu_seconds'].get(SHARED, 0.0) / 3600:.2f} CPU hours."

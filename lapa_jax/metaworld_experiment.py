@@ -68,6 +68,8 @@ KNOWN_ARMS = (
 )
 # Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
 HALF_ARMS = ("lapa_transfer", "scratch_half", "scratch_half_long")
+# Scratch controls finetuned for pretraining + finetuning steps (Plan.finetune_steps).
+LONG_ARMS = ("scratch_long", "scratch_half_long")
 
 
 class Plan:
@@ -101,9 +103,20 @@ class Plan:
     def tokenizer(self) -> str:
         return os.path.join(self.w, "tokenizer.model")
 
+    def finetune_steps(self, arm: str) -> int:
+        """The compute-matched *_long controls train from scratch for as many steps as a
+        pretrained arm sees in all (pretraining + finetuning); every other arm finetunes
+        for the configured steps."""
+        steps = int(self.cfg.finetune.overrides.train.steps)
+        if arm in LONG_ARMS:
+            steps += int(self.cfg.action_pretrain.overrides.train.steps)
+        return steps
+
     def finetune_run(self, arm: str, k: int, seed: int, group: int | None = None) -> str:
+        """Named with the step count, so a run of another finetuning length is never
+        taken for this one (the job markers are keyed by these names)."""
         g = "" if group is None else f"_g{group}"
-        return self.run(f"ft_{arm}_k{k}_s{seed}{g}")
+        return self.run(f"ft{self.finetune_steps(arm)}_{arm}_k{k}_s{seed}{g}")
 
     # ---- jobs ----------------------------------------------------------------------
 
@@ -170,7 +183,6 @@ class Plan:
         seed: int,
         init_from: str,
         group: int | None = None,
-        steps: int | None = None,
     ) -> None:
         c = self.cfg
         demos = f"demos_k{k}" + ("" if group is None else f"_g{group}")
@@ -178,13 +190,13 @@ class Plan:
         name = os.path.basename(workdir)
         extra = {**self._vlm_data(self.data(demos)), "init_from": init_from, "train.seed": seed}
         stage = c.finetune
-        if steps is not None:
+        if arm in LONG_ARMS:
             stage = ml_collections.ConfigDict(c.finetune.to_dict())
-            stage.overrides.train.steps = steps
+            stage.overrides.train.steps = self.finetune_steps(arm)
         self._train(name, arm, stage, **extra)
         tasks = c.tasks if group is None else self.groups[group]
         self._add(
-            f"eval_{name[3:]}",
+            f"eval{name[2:]}",
             arm,
             [
                 "-m", "lapa_jax.evaluate_policy", "--workdir", workdir,
@@ -268,16 +280,12 @@ class Plan:
                 self._train(f"vpt_pre_k{k}", "vpt", c.action_pretrain, **extra)
         # Seed-major, so an interrupted run has every k at its first seed before any
         # k gets a second one: a partial report then already spans the curve.
-        # The scratch controls with as many optimisation steps as a pretrained arm sees in
-        # all (pretraining + finetuning): from scratch, 500 steps stop on a loss plateau
-        # that longer training leaves, so "scratch" alone flatters pretraining.
-        matched = c.finetune.overrides.train.steps + c.action_pretrain.overrides.train.steps
         for seed in c.seeds:
             for k in c.demo_ks:
                 if "scratch" in arms:
                     self._finetune("scratch", k, seed, "")
                 if "scratch_long" in arms:
-                    self._finetune("scratch_long", k, seed, "", steps=matched)
+                    self._finetune("scratch_long", k, seed, "")
                 if "lapa" in arms:
                     self._finetune("lapa", k, seed, self.run("latent_all"))
                 if "action_pretrained" in arms:
@@ -295,7 +303,7 @@ class Plan:
                         self._finetune("scratch_half", k, seed, "", g)
                 if "scratch_half_long" in arms:
                     for g in range(2):
-                        self._finetune("scratch_half_long", k, seed, "", g, steps=matched)
+                        self._finetune("scratch_half_long", k, seed, "", g)
 
 
 class Runner:

@@ -25,14 +25,20 @@ def flag(job: mx.Job, name: str) -> str:
 
 def test_plan_wires_arms_data_and_pretraining(tmp_path):
     cfg = metaworld_lapa.get_config("full")
+    cfg.arms = mx.KNOWN_ARMS  # with the opt-in compute-matched controls
     plan = mx.Plan(cfg, str(tmp_path))
     jobs = {j.name: j for j in plan.jobs}
+    # Finetuning jobs carry their step count, so a run of another length never counts.
+    N = cfg.finetune.overrides.train.steps
+    N_LONG = N + cfg.action_pretrain.overrides.train.steps
     assert len(jobs) == len(plan.jobs)  # names are unique
     order = [j.name for j in plan.jobs]
     # Dependencies come first: data before training, pretraining before finetuning.
     assert order.index("data_video") < order.index("laq_all") < order.index("label_all")
-    assert order.index("label_all") < order.index("latent_all") < order.index("ft_lapa_k5_s0")
-    assert order.index("idm_label_k10") < order.index("vpt_pre_k10") < order.index("ft_vpt_k10_s2")
+    assert order.index("label_all") < order.index("latent_all") < order.index(f"ft{N}_lapa_k5_s0")
+    assert (
+        order.index("idm_label_k10") < order.index("vpt_pre_k10") < order.index(f"ft{N}_vpt_k10_s2")
+    )
     # The video set and the demonstrations come from different seed families; the
     # demonstration sets differ only in k (nested), the video subsets only in tasks.
     assert flag(jobs["data_video"], "seed") != flag(jobs["data_demos_k5"], "seed")
@@ -41,63 +47,77 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     g0, g1 = (flag(jobs[f"data_video_g{g}"], "tasks").split(",") for g in (0, 1))
     assert not set(g0) & set(g1) and set(g0) | set(g1) == set(metaworld_lapa.MT10)
     # Each arm starts from its own pretraining and finetunes on its k demonstrations.
-    assert flag(jobs["ft_scratch_k10_s1"], "init_from") == ""
-    assert flag(jobs["ft_lapa_k10_s1"], "init_from") == plan.run("latent_all")
-    assert flag(jobs["ft_action_pretrained_k5_s0"], "init_from") == plan.run("action_pre")
-    assert flag(jobs["ft_vpt_k25_s2"], "init_from") == plan.run("vpt_pre_k25")
-    assert flag(jobs["ft_vpt_k25_s2"], "data.dir") == plan.data("demos_k25")
-    assert flag(jobs["ft_lapa_k10_s1"], "train.seed") == "1"
+    assert flag(jobs[f"ft{N}_scratch_k10_s1"], "init_from") == ""
+    assert flag(jobs[f"ft{N}_lapa_k10_s1"], "init_from") == plan.run("latent_all")
+    assert flag(jobs[f"ft{N}_action_pretrained_k5_s0"], "init_from") == plan.run("action_pre")
+    assert flag(jobs[f"ft{N}_vpt_k25_s2"], "init_from") == plan.run("vpt_pre_k25")
+    assert flag(jobs[f"ft{N}_vpt_k25_s2"], "data.dir") == plan.data("demos_k25")
+    assert flag(jobs[f"ft{N}_lapa_k10_s1"], "train.seed") == "1"
     # Transfer: pretrained on one half's videos, finetuned and evaluated on the other.
-    t = jobs["ft_lapa_transfer_k5_s0_g0"]
+    t = jobs[f"ft{N}_lapa_transfer_k5_s0_g0"]
     assert flag(t, "init_from") == plan.run("latent_g1")
     assert flag(t, "data.dir") == plan.data("demos_k5_g0")
-    assert flag(jobs["eval_lapa_transfer_k5_s0_g0"], "tasks").split(",") == g0
+    assert flag(jobs[f"eval{N}_lapa_transfer_k5_s0_g0"], "tasks").split(",") == g0
     assert flag(jobs["latent_g1"], "data.dir") == plan.data("video_g1_latent")
     # Its control: the same half's demonstrations and evaluation, no pretraining.
-    h = jobs["ft_scratch_half_k5_s0_g0"]
+    h = jobs[f"ft{N}_scratch_half_k5_s0_g0"]
     assert flag(h, "init_from") == "" and flag(h, "data.dir") == plan.data("demos_k5_g0")
-    assert flag(jobs["eval_scratch_half_k5_s0_g0"], "tasks").split(",") == g0
+    assert flag(jobs[f"eval{N}_scratch_half_k5_s0_g0"], "tasks").split(",") == g0
     # VPT pretrains on the video set with the IDM's labels, not its true actions.
     assert flag(jobs["vpt_pre_k5"], "data.action_labels") == plan.data("vpt_k5.npz")
     assert flag(jobs["vpt_pre_k5"], "data.dir") == plan.data("video")
     # The compute-matched scratch controls: as many steps as pretraining + finetuning.
     matched = cfg.finetune.overrides.train.steps + cfg.action_pretrain.overrides.train.steps
-    assert flag(jobs["ft_scratch_long_k5_s0"], "train.steps") == str(matched)
-    assert flag(jobs["ft_scratch_half_long_k25_s2_g1"], "train.steps") == str(matched)
-    assert flag(jobs["ft_scratch_half_long_k25_s2_g1"], "data.dir") == plan.data("demos_k25_g1")
-    assert flag(jobs["ft_scratch_long_k5_s0"], "init_from") == ""
-    assert flag(jobs["ft_scratch_k5_s0"], "train.steps") == str(cfg.finetune.overrides.train.steps)
+    assert (
+        flag(jobs[f"ft{N_LONG}_scratch_long_k5_s0"], "train.steps") == str(matched) == str(N_LONG)
+    )
+    assert flag(jobs[f"ft{N_LONG}_scratch_half_long_k25_s2_g1"], "train.steps") == str(matched)
+    assert flag(jobs[f"ft{N_LONG}_scratch_half_long_k25_s2_g1"], "data.dir") == plan.data(
+        "demos_k25_g1"
+    )
+    assert flag(jobs[f"ft{N_LONG}_scratch_long_k5_s0"], "init_from") == ""
+    assert flag(jobs[f"ft{N}_scratch_k5_s0"], "train.steps") == str(
+        cfg.finetune.overrides.train.steps
+    )
     # ... and the clean-action control on the expert's noise-free actions of the same set.
     clean = plan.data("expert_clean.npz")
     assert flag(jobs["expert_labels"], "out") == clean
     assert flag(jobs["action_pre_clean"], "data.action_labels") == clean
     assert order.index("expert_labels") < order.index("action_pre_clean")
-    assert flag(jobs["ft_action_pretrained_clean_k10_s1"], "init_from") == plan.run(
+    assert flag(jobs[f"ft{N}_action_pretrained_clean_k10_s1"], "init_from") == plan.run(
         "action_pre_clean"
     )
     # Evaluation: every seed's own layouts, the same for every arm.
-    assert flag(jobs["eval_lapa_k5_s2"], "seed") == flag(jobs["eval_scratch_k5_s2"], "seed") == "2"
+    assert (
+        flag(jobs[f"eval{N}_lapa_k5_s2"], "seed")
+        == flag(jobs[f"eval{N}_scratch_k5_s2"], "seed")
+        == "2"
+    )
     # lapa_transfer and scratch_half: one policy per half.
     n_ft = len(cfg.demo_ks) * len(cfg.seeds) * (len(cfg.arms) + len(mx.HALF_ARMS))
-    assert sum(n.startswith("ft_") for n in order) == n_ft
-    assert sum(n.startswith("eval_") for n in order) == n_ft
+    ft_n = [n for n in order if n.startswith(f"ft{N}_")]
+    ft_long = [n for n in order if n.startswith(f"ft{N_LONG}_")]
+    assert len(ft_n) + len(ft_long) == n_ft
+    assert len(ft_long) == len(cfg.demo_ks) * len(cfg.seeds) * 3  # scratch_long + 2 halves
+    assert sum(n.startswith((f"eval{N}_", f"eval{N_LONG}_")) for n in order) == n_ft
     # Seed-major: every k's first seed is finetuned before any second seed.
-    ft = [n for n in order if n.startswith("ft_")]
+    ft = [n for n in order if n.startswith((f"ft{N}_", f"ft{N_LONG}_"))]
     last_s0 = max(i for i, n in enumerate(ft) if "_s0" in n)
     first_s1 = min(i for i, n in enumerate(ft) if "_s1" in n)
-    assert last_s0 < first_s1 and f"ft_scratch_k{cfg.demo_ks[-1]}_s0" in ft[:first_s1]
+    assert last_s0 < first_s1 and f"ft{N}_scratch_k{cfg.demo_ks[-1]}_s0" in ft[:first_s1]
 
 
 def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
     cfg = metaworld_lapa.get_config("demo")
+    N = cfg.finetune.overrides.train.steps
     names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
     assert not any(
         n.startswith(("idm", "vpt", "action_pre", "laq_g", "data_video_g")) for n in names
     )
-    assert "latent_all" in names and "ft_scratch_k10_s0" in names
+    assert "latent_all" in names and f"ft{N}_scratch_k10_s0" in names
     cfg.arms = ["scratch", "scratch_half"]  # the halves' demonstrations, not their videos
     names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
-    assert "data_demos_k10_g1" in names and "ft_scratch_half_k10_s0_g1" in names
+    assert "data_demos_k10_g1" in names and f"ft{N}_scratch_half_k10_s0_g1" in names
     assert not any(n.startswith(("data_video", "laq", "latent")) for n in names)
     cfg.arms = ["scratch", "diffusion"]
     with pytest.raises(ValueError, match="unknown arms"):
@@ -168,3 +188,12 @@ def test_dry_run_lists_every_job(tmp_path):
     plan = mx.Plan(metaworld_lapa.get_config("demo"), str(tmp_path))
     assert len(out.strip().splitlines()) == len(plan.jobs)
     assert all(line.startswith("todo") for line in out.strip().splitlines())
+    # A subset of the arms from the command line (how a partial run is prioritised).
+    out = subprocess.run(
+        [sys.executable, "-m", "lapa_jax.metaworld_experiment", "--config",
+         "experiments/metaworld_lapa.py:full", "--workdir", str(tmp_path), "--dry_run",
+         "--config.arms=('scratch', 'vpt')"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    arms = {line.split()[1] for line in out.strip().splitlines()}
+    assert arms == {"shared", "scratch", "vpt"}
