@@ -153,6 +153,26 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "where in the image a change is",
         ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.encoder_spatial_pos=False"],
     ),
+    "rvq_diff": (
+        "default_rvq + a linear head that predicts the 16x16 frame difference from the "
+        "quantized latent alone (weight 0.01 on its relative error): the codes must carry, "
+        "linearly, what the pixel-difference probe reads",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.diff_head_size=16",
+            "--config.loss.diff_weight=0.01",
+        ],
+    ),
+    "rvq_diff_w1": (
+        "rvq_diff with weight 1 on the difference head: the difference dominates the loss",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.diff_head_size=16",
+            "--config.loss.diff_weight=1.0",
+        ],
+    ),
 }
 
 MEASURES = (

@@ -79,6 +79,7 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             encoder_spatial_pos=True,
             decoder_latent_add=False,
             decoder_mask_ratio=0.0,
+            diff_head_size=0,  # see loss.diff_weight
             dtype="float32",
         )
     )
@@ -105,6 +106,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             # Encode the latent from a view of the pair translated by up to this many
             # pixels and decode it onto another (0: off); see lapa_jax.tasks.laq.
             view_shift=0,
+            # > 0 (with model.diff_head_size > 0): weight of a linear head's error on the
+            # frame difference, predicted from the quantized latent alone.
+            diff_weight=0.0,
         )
     )
     c.usage_ema_decay = 0.99

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import laq as laq_experiment
-from lapa_jax.tasks.laq import LAQTask, cross_views, translate
+from lapa_jax.tasks.laq import LAQTask, cross_views, diff_nmse, translate
 
 
 def _task(**loss):
@@ -134,3 +134,42 @@ def test_cross_view_loss_decodes_the_latent_of_one_view_onto_another():
 def test_view_shift_out_of_range_is_refused(shift):
     with pytest.raises(ValueError, match=r"loss\.view_shift"):
         _task(view_shift=shift)
+
+
+def test_frame_difference_head_loss_matches_a_direct_computation():
+    c = laq_experiment.get_config("tiny")
+    c.model.diff_head_size = 4
+    c.loss.diff_weight = 0.5
+    task, plain = LAQTask(c), _task()
+    batch = _batch()
+    params, ts = task.init(jax.random.key(0), batch)
+    params = nn.meta.unbox(params)
+    loss, (metrics, _) = task.loss(params, ts, batch, jax.random.key(1), 0)
+    out = task.model.apply(
+        {"params": params}, batch["frames"], train=True, rngs={"noise": jax.random.key(1)}
+    )
+    # The head is linear in the quantized latent and sees nothing else.
+    head = params["diff_head"]
+    flat = np.asarray(out["quantized"]).reshape(4, -1)
+    pred = (flat @ np.asarray(head["kernel"]) + np.asarray(head["bias"])).reshape(4, 4, 4, 3)
+    np.testing.assert_allclose(np.asarray(out["diff"]), pred, rtol=1e-4, atol=1e-5)
+    diff = batch["frames"][:, 1] - batch["frames"][:, 0]
+    pooled = diff.reshape(4, 4, 4, 4, 4, 3).mean((2, 4))
+    nmse = ((pred - pooled) ** 2).mean() / (pooled**2).mean()
+    np.testing.assert_allclose(float(metrics["diff_nmse"]), nmse, rtol=1e-3)
+    # The rest of the loss is the plain reconstruction loss of the same parameters.
+    plain_params = {k: v for k, v in params.items() if k != "diff_head"}
+    l0, _ = plain.loss(plain_params, ts, batch, jax.random.key(1), 0)
+    np.testing.assert_allclose(float(loss), float(l0) + 0.5 * nmse, rtol=1e-4)
+    # Predicting no change scores 1, the exact pooled difference 0.
+    first, target = (jax.numpy.asarray(batch["frames"][:, i]) for i in (0, 1))
+    assert float(diff_nmse(jax.numpy.zeros_like(pooled), first, target)) == pytest.approx(1.0)
+    assert float(diff_nmse(jax.numpy.asarray(pooled), first, target)) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("head, weight", [(0, 0.5), (4, 0.0), (4, -1.0)])
+def test_frame_difference_head_and_weight_must_agree(head, weight):
+    c = laq_experiment.get_config("tiny")
+    c.model.diff_head_size, c.loss.diff_weight = head, weight
+    with pytest.raises(ValueError, match=r"loss\.diff_weight"):
+        LAQTask(c)

@@ -170,6 +170,7 @@ def test_patchify_round_trip():
         ({"width": 0}, "width must be"),
         ({"latent_pool": "mean"}, "latent_pool must be"),
         ({"decoder_mask_ratio": 1.0}, "decoder_mask_ratio must be"),
+        ({"diff_head_size": 5}, "diff_head_size must be"),
         ({"num_latent_tokens": 0, "latent_pool": "attention"}, "num_latent_tokens must be >= 1"),
     ],
 )

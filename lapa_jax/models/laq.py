@@ -61,6 +61,9 @@ class LAQConfig:
     encoder_spatial_pos: bool = True  # False: the encoder cannot tell where a change is
     decoder_latent_add: bool = False  # also add the whole latent to every decoder token
     decoder_mask_ratio: float = 0.0  # training: hide this fraction of x_t patches
+    # > 0: a linear head predicts the frame difference, average-pooled to this side, from
+    # the quantized latent alone (loss.diff_weight trains it); see LAQ.__call__.
+    diff_head_size: int = 0
     dtype: str = "float32"  # compute dtype; parameters stay float32
 
     def __post_init__(self) -> None:
@@ -85,6 +88,13 @@ class LAQConfig:
             raise ValueError(f"latent_pool must be 'conv' or 'attention', got {self.latent_pool!r}")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {self.decoder_mask_ratio}")
+        if self.diff_head_size < 0 or (
+            self.diff_head_size and self.image_size % self.diff_head_size
+        ):
+            raise ValueError(
+                f"diff_head_size must be 0 or divide image_size {self.image_size}, "
+                f"got {self.diff_head_size}"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         for name in (
@@ -358,6 +368,9 @@ class LAQ(nn.Module):
         else:
             self.quantizer = quantizers.FSQ(tuple(cfg.fsq_levels), cfg.latent_dim, cfg.fsq_pre_norm)
         self.decoder = Decoder(cfg)
+        if cfg.diff_head_size:
+            side = cfg.diff_head_size
+            self.diff_head = nn.Dense(side * side * cfg.channels, name="diff_head")
 
     def latent_difference(self, frames_BTHWC: jax.Array) -> jax.Array:
         """The continuous latent action [B, L, latent_dim] (a difference of frame features)."""
@@ -375,7 +388,15 @@ class LAQ(nn.Module):
         q = self.quantizer(delta_BLD, train)
         first_BHWC = frames_BTHWC[:, 0] if decode_first_BHWC is None else decode_first_BHWC
         recon_BHWC = self.decoder(first_BHWC, q.quantized, train)
+        out = {}
+        if self.cfg.diff_head_size:
+            # Linear, and without x_t: the frame difference must be readable from the
+            # codes alone, and linearly, as the probe of the action reads it.
+            side, b = self.cfg.diff_head_size, delta_BLD.shape[0]
+            flat_BF = q.quantized.reshape(b, -1).astype(jnp.float32)
+            out["diff"] = self.diff_head(flat_BF).reshape(b, side, side, self.cfg.channels)
         return {
+            **out,
             "recon": recon_BHWC,
             "codes": q.codes,
             "delta": delta_BLD,

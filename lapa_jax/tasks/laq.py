@@ -62,6 +62,17 @@ def cross_views(
     return views[0], views[1]
 
 
+def diff_nmse(pred_BhwC: jax.Array, first_BHWC: jax.Array, target_BHWC: jax.Array) -> jax.Array:
+    """Error of a predicted frame difference, average-pooled to pred's side, relative to
+    the difference's own energy: scale-free, 1.0 for predicting no change."""
+    side = pred_BhwC.shape[1]
+    b, h, w, c = first_BHWC.shape
+    diff = (target_BHWC - first_BHWC).reshape(b, side, h // side, side, w // side, c)
+    diff_BhwC = diff.mean((2, 4))
+    energy = jnp.maximum(jnp.mean(jnp.square(diff_BhwC)), 1e-8)
+    return jnp.mean(jnp.square(pred_BhwC - diff_BhwC)) / jax.lax.stop_gradient(energy)
+
+
 def psnr(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Per-sample PSNR in dB for images in [0, 1]."""
     mse = jnp.mean(jnp.square(jnp.clip(pred, 0.0, 1.0) - target), axis=tuple(range(1, pred.ndim)))
@@ -98,6 +109,12 @@ class LAQTask(Task):
         self.usage_entropy_weight = float(lc.get("usage_entropy_weight", 0.0))
         self.usage_entropy_temperature = float(lc.get("usage_entropy_temperature", 1.0))
         self.view_shift = int(lc.get("view_shift", 0))
+        self.diff_weight = float(lc.get("diff_weight", 0.0))
+        if self.diff_weight < 0 or (self.diff_weight > 0) != (self.model_cfg.diff_head_size > 0):
+            raise ValueError(
+                "loss.diff_weight must be >= 0, and > 0 exactly when model.diff_head_size > 0; "
+                f"got {self.diff_weight} and {self.model_cfg.diff_head_size}"
+            )
         if not 0 <= self.view_shift < config.data.image_size // 2:
             raise ValueError(
                 f"loss.view_shift must be in [0, image_size / 2), got {self.view_shift}"
@@ -178,6 +195,10 @@ class LAQTask(Task):
             extra["changed_mse"] = jnp.sum(changed_BHW * sq_err_BHW) / jnp.maximum(
                 changed_BHW.sum(), 1.0
             )
+        if self.diff_weight > 0:
+            nmse = diff_nmse(out["diff"], first, target)
+            loss = loss + self.diff_weight * nmse
+            extra["diff_nmse"] = nmse
         if self.usage_entropy_weight > 0:
             gap = usage_entropy_gap(out["logits"], self.usage_entropy_temperature)
             loss = loss + self.usage_entropy_weight * gap
