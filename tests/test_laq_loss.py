@@ -24,15 +24,22 @@ def _batch():
     return {"frames": np.clip(frames, 0, 1)}
 
 
-def test_changed_pixel_weighting_matches_a_direct_computation():
-    task = _task(changed_weight=3.0)
-    batch = _batch()
+def _loss_and_forward(task, batch):
+    """The task's loss and the model's training pass with the same parameters and noise."""
     params, ts = task.init(jax.random.key(0), batch)
     params = nn.meta.unbox(params)
     loss, (metrics, _) = task.loss(params, ts, batch, jax.random.key(1), 0)
-    recon = task.model.apply(
+    out = task.model.apply(
         {"params": params}, batch["frames"], train=True, rngs={"noise": jax.random.key(1)}
-    )["recon"]
+    )
+    return params, ts, loss, metrics, out
+
+
+def test_changed_pixel_weighting_matches_a_direct_computation():
+    task = _task(changed_weight=3.0)
+    batch = _batch()
+    _, _, loss, metrics, out = _loss_and_forward(task, batch)
+    recon = out["recon"]
     sq = ((np.asarray(recon) - batch["frames"][:, 1]) ** 2).mean(-1)
     changed = np.abs(batch["frames"][:, 1] - batch["frames"][:, 0]).sum(-1) > 0.05
     w = 1 + 3.0 * changed
@@ -142,12 +149,7 @@ def test_frame_difference_head_loss_matches_a_direct_computation():
     c.loss.diff_weight = 0.5
     task, plain = LAQTask(c), _task()
     batch = _batch()
-    params, ts = task.init(jax.random.key(0), batch)
-    params = nn.meta.unbox(params)
-    loss, (metrics, _) = task.loss(params, ts, batch, jax.random.key(1), 0)
-    out = task.model.apply(
-        {"params": params}, batch["frames"], train=True, rngs={"noise": jax.random.key(1)}
-    )
+    params, ts, loss, metrics, out = _loss_and_forward(task, batch)
     # The head is linear in the quantized latent and sees nothing else.
     head = params["diff_head"]
     flat = np.asarray(out["quantized"]).reshape(4, -1)
