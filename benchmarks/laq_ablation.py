@@ -153,6 +153,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "where in the image a change is",
         ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.encoder_spatial_pos=False"],
     ),
+    "rvq_nopos_seed1": (
+        "rvq_nopos with another training seed: does its edge over default_rvq hold?",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.encoder_spatial_pos=False",
+            "--config.train.seed=1",
+        ],
+    ),
     "rvq_diff": (
         "default_rvq + a linear head that predicts the 16x16 frame difference from the "
         "quantized latent alone (weight 0.01 on its relative error): the codes must carry, "
