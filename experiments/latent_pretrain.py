@@ -31,6 +31,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
     c.data.dir = "data/metaworld_latent"
     c.data.spec = "data/metaworld_latent/lapa_spec.json"
     c.data.tokenizer = "data/tokenizer.model"
+    # An npz of latent codes per episode to train on instead of the dataset's labels
+    # (data_pipelines.label_oracle_latents); the dataset then needs no latent labels.
+    c.data.latent_labels = ""
     c.data.split = "train"
     c.data.eval_split = "val"
     c.data.image_size = 64

@@ -19,13 +19,17 @@ evaluated closed loop on every task):
   tasks. A policy for 5 tasks gets twice the steps per task of one for 10, so
   lapa_transfer is compared with this arm, not with scratch; scratch_half_long
   (opt-in) is the same for as many steps as pretraining and finetuning together;
+- lapa_oracle (opt-in diagnostic): latent pretraining on the true actions summed over
+  the quantizer's frame gap and binned into its layout (4 tokens of 8 codes), then
+  finetuning: LAPA with latents that carry the action;
 - vpt: an inverse dynamics model trained on the k demonstrations pseudo-labels the
   video set; the policy pretrains on those labels, then finetunes.
 Every arm finetunes for 2,000 steps. 500 steps (the first protocol) left every
 arm short of convergence: from scratch the training loss sat on a plateau at 0.58,
 while at 2,000 steps the held-out action error is flat from 1,500 steps on, from
-scratch and from LAPA alike (k=5). The *_long controls are opt-in
-(--config.arms=...): they answer whether pretraining is more than extra steps.
+scratch and from LAPA alike (k=5). The *_long controls and lapa_oracle are opt-in
+(--config.arms=...): the first answer whether pretraining is more than extra steps,
+the second whether the quantizer is what holds LAPA back.
 The video set and the demonstrations are disjoint (different seed families); the
 demonstration sets are nested (k=5 within k=10 within k=25) and share one held-out
 split. Pretraining runs are shared by the seeds; seeds vary finetuning and the
@@ -38,7 +42,7 @@ from typing import Any
 
 import ml_collections
 
-from lapa_jax.metaworld_experiment import KNOWN_ARMS, LONG_ARMS
+from lapa_jax.metaworld_experiment import KNOWN_ARMS, OPT_IN_ARMS
 
 MT10 = (
     "reach-v3",
@@ -52,7 +56,7 @@ MT10 = (
     "window-open-v3",
     "window-close-v3",
 )
-ARMS = tuple(a for a in KNOWN_ARMS if a not in LONG_ARMS)  # the driver's, less opt-ins
+ARMS = tuple(a for a in KNOWN_ARMS if a not in OPT_IN_ARMS)  # the driver's, less opt-ins
 VARIANTS = ("full", "demo", "tiny")
 
 # One VLM size for every pretraining and finetuning run (LAPA loads the latent run's
@@ -95,6 +99,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     c.workers = 2  # rendering processes
     c.cpu_devices = 2
     c.tokenizer_vocab = 512
+    c.oracle_frame_gap = 4  # lapa_oracle's: the quantizer's (experiments/laq.py:metaworld)
     # Each stage: a config file:variant and overrides that mirror its structure (passed
     # as --config.KEY=VALUE); the driver adds the data paths and init_from.
     small_vlm = {"model": dict(SMALL_VLM)}

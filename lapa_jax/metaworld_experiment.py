@@ -65,11 +65,14 @@ KNOWN_ARMS = (
     "scratch_half",
     "scratch_half_long",
     "vpt",
+    "lapa_oracle",
 )
 # Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
 HALF_ARMS = ("lapa_transfer", "scratch_half", "scratch_half_long")
 # Scratch controls finetuned for pretraining + finetuning steps (Plan.finetune_steps).
 LONG_ARMS = ("scratch_long", "scratch_half_long")
+# Controls and diagnostics that a run includes only when --config.arms names them.
+OPT_IN_ARMS = (*LONG_ARMS, "lapa_oracle")
 
 
 class Plan:
@@ -209,7 +212,14 @@ class Plan:
 
     def _build(self) -> None:
         c, arms = self.cfg, set(self.cfg.arms)
-        video = ["lapa", "action_pretrained", "action_pretrained_clean", "lapa_transfer", "vpt"]
+        video = [
+            "lapa",
+            "action_pretrained",
+            "action_pretrained_clean",
+            "lapa_transfer",
+            "vpt",
+            "lapa_oracle",
+        ]
         if arms & set(video):
             self._dataset(
                 "video",
@@ -264,6 +274,21 @@ class Plan:
             )  # fmt: skip
             extra = {**self._vlm_data(self.data("video")), "data.action_labels": labels}
             self._train("action_pre_clean", "action_pretrained_clean", c.action_pretrain, **extra)
+        if "lapa_oracle" in arms:
+            # Latent pretraining on the true actions binned into the quantizer's layout:
+            # LAPA when the latents carry the action (data_pipelines.label_oracle_latents).
+            labels = self.data("oracle_latents.npz")
+            self._add(
+                "oracle_labels",
+                "lapa_oracle",
+                [
+                    "-m", "data_pipelines.label_oracle_latents", "--src", self.data("video"),
+                    "--spec", "metaworld", "--out", labels,
+                    "--frame_gap", str(c.oracle_frame_gap),
+                ],
+            )  # fmt: skip
+            extra = {**self._vlm_data(self.data("video")), "data.latent_labels": labels}
+            self._train("latent_oracle", "lapa_oracle", c.latent, **extra)
         if "vpt" in arms:
             for k in c.demo_ks:
                 self._train(f"idm_k{k}", "vpt", c.idm, **{"data.dir": self.data(f"demos_k{k}")})
@@ -295,6 +320,8 @@ class Plan:
                     self._finetune("action_pretrained_clean", k, seed, pre)
                 if "vpt" in arms:
                     self._finetune("vpt", k, seed, self.run(f"vpt_pre_k{k}"))
+                if "lapa_oracle" in arms:
+                    self._finetune("lapa_oracle", k, seed, self.run("latent_oracle"))
                 if "lapa_transfer" in arms:
                     for g in range(2):  # pretrained on group 1-g, finetuned on group g
                         self._finetune("lapa_transfer", k, seed, self.run(f"latent_g{1 - g}"), g)

@@ -87,6 +87,21 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     assert flag(jobs[f"ft{N}_action_pretrained_clean_k10_s1"], "init_from") == plan.run(
         "action_pre_clean"
     )
+    # The oracle diagnostic: latent pretraining on the video set's true actions, binned at
+    # the quantizer's frame gap, read through data.latent_labels.
+    from experiments import laq as laq_experiment
+
+    oracle = plan.data("oracle_latents.npz")
+    assert flag(jobs["oracle_labels"], "out") == oracle
+    assert flag(jobs["oracle_labels"], "src") == plan.data("video")
+    assert int(flag(jobs["oracle_labels"], "frame_gap")) == (
+        laq_experiment.get_config("metaworld").data.frame_gap
+    )
+    assert flag(jobs["latent_oracle"], "data.latent_labels") == oracle
+    assert flag(jobs["latent_oracle"], "data.spec") == "metaworld"
+    assert flag(jobs[f"ft{N}_lapa_oracle_k25_s1"], "init_from") == plan.run("latent_oracle")
+    assert order.index("oracle_labels") < order.index("latent_oracle")
+    assert "lapa_oracle" not in metaworld_lapa.get_config("full").arms  # opt-in
     # Evaluation: every seed's own layouts, the same for every arm.
     assert (
         flag(jobs[f"eval{N}_lapa_k5_s2"], "seed")

@@ -25,35 +25,20 @@ import numpy as np
 from lapa_jax import action_heads
 from lapa_jax.data import pipelines
 from lapa_jax.data.sources import DataError, EpisodeSource
-from lapa_jax.tasks.latent_pretrain import LatentPretrainTask, PromptedSteps
+from lapa_jax.tasks.latent_pretrain import EpisodeLabels, LatentPretrainTask, PromptedSteps
 
 
-class ActionLabels:
-    """Per-episode actions from an npz (data_pipelines.label_idm_actions) that stand in
-    for a dataset's own: pseudo-labels of action-free video."""
+class ActionLabels(EpisodeLabels):
+    """Per-episode actions [T, A] from an npz (data_pipelines.label_idm_actions) that stand
+    in for a dataset's own: pseudo-labels of action-free video."""
 
-    def __init__(self, path: str):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data.action_labels: no file at {path}")
-        try:
-            with np.load(path) as z:
-                self.arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        except (OSError, ValueError) as e:
-            raise DataError(f"data.action_labels {path} is not a readable npz: {e}") from e
-        self.path = path
+    flag = "data.action_labels"
+    what = "actions"
 
-    def episode(self, split: str, episode: int, length: int) -> np.ndarray:
-        key = f"{split}/{episode}"
-        if key not in self.arrays:
-            raise DataError(f"{self.path} has no actions for {key}: labelled from another dataset?")
-        a = self.arrays[key]
-        if a.ndim != 2 or len(a) != length:
-            raise DataError(
-                f"{self.path}: {key} has actions of shape {a.shape}, the episode {length} steps"
-            )
-        if not np.all(np.isfinite(a)):
+    def check(self, key: str, labels: np.ndarray) -> np.ndarray:
+        if not np.all(np.isfinite(labels)):
             raise DataError(f"{self.path}: {key} holds non-finite actions")
-        return a.astype(np.float32)
+        return labels.astype(np.float32)
 
 
 class ActionSteps(PromptedSteps):

@@ -11,6 +11,7 @@ spread over the latent actions or collapse onto one.
 from __future__ import annotations
 
 import collections
+import os
 from typing import Any
 
 import jax
@@ -27,6 +28,53 @@ from lapa_jax.tasks.base import Task
 from lapa_jax.text import Tokenizer
 
 
+class EpisodeLabels:
+    """Per-episode labels from an npz ("SPLIT/EPISODE" -> [T, ...], as
+    data_pipelines.label_idm_actions writes them) that stand in for a dataset's own."""
+
+    flag = "data.labels"  # the config field that names the file, for errors
+    what = "labels"
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{self.flag}: no file at {path}")
+        try:
+            with np.load(path) as z:
+                self.arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        except (OSError, ValueError) as e:
+            raise DataError(f"{self.flag} {path} is not a readable npz: {e}") from e
+        self.path = path
+
+    def check(self, key: str, labels: np.ndarray) -> np.ndarray:
+        return labels
+
+    def episode(self, split: str, episode: int, length: int) -> np.ndarray:
+        key = f"{split}/{episode}"
+        if key not in self.arrays:
+            raise DataError(
+                f"{self.path} has no {self.what} for {key}: labelled from another dataset?"
+            )
+        a = self.arrays[key]
+        if a.ndim != 2 or len(a) != length:
+            raise DataError(
+                f"{self.path}: {key} has {self.what} of shape {a.shape}, the episode {length} steps"
+            )
+        return self.check(key, a)
+
+
+class LatentLabels(EpisodeLabels):
+    """Latent codes [T, L] from an npz instead of the dataset's (e.g. the oracle codes of
+    data_pipelines.label_oracle_latents): latent pretraining on labels of known content."""
+
+    flag = "data.latent_labels"
+    what = "latent codes"
+
+    def check(self, key: str, labels: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{self.path}: {key} holds {labels.dtype} labels, not integer codes")
+        return labels.astype(np.int32)
+
+
 class PromptedSteps:
     """Steps of a latent-labelled dataset with the prompt tokenized: image, text ids and
     mask, latent codes (numeric only, so batches go straight to devices)."""
@@ -38,8 +86,11 @@ class PromptedSteps:
         max_text_len: int,
         latent_codes: int,
         num_latent_tokens: int,
+        labels: LatentLabels | None = None,
+        split: str = "",
     ):
         self.steps = steps
+        self.labels, self.split = labels, split  # codes from an npz, not the steps
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
         self.latent_codes = latent_codes
@@ -55,7 +106,12 @@ class PromptedSteps:
         if text not in self._cache:  # instructions repeat within and across episodes
             self._cache[text] = self.tokenizer.prompt(text, self.max_text_len)
         ids, mask = self._cache[text]
-        codes = np.asarray(item["latent_action"], np.int32)
+        if self.labels is None:
+            codes = np.asarray(item["latent_action"], np.int32)
+        else:
+            e = int(item["episode"])
+            length = int(self.steps.source.lengths[e])
+            codes = self.labels.episode(self.split, e, length)[int(item["t"])]
         if (
             codes.shape != (self.num_latent_tokens,)
             or codes.min() < 0
@@ -86,6 +142,8 @@ class LatentPretrainTask(Task):
         # No tokenizer is needed to build the model when its vocabulary size is given
         # (shape checks, benchmarks on random tokens); reading data needs one.
         self.tokenizer = Tokenizer(d.tokenizer) if d.tokenizer else None
+        path = d.get("latent_labels", "")
+        self.latent_labels = LatentLabels(path) if path else None
         if self.tokenizer is None:
             if not model.get("vocab_size"):
                 raise ValueError("set data.tokenizer (a sentencepiece .model) or model.vocab_size")
@@ -183,7 +241,7 @@ class LatentPretrainTask(Task):
         if self.tokenizer is None:
             raise ValueError("reading data needs data.tokenizer (a sentencepiece .model file)")
         source = EpisodeSource(d.dir, d.spec, split)
-        if source.spec.latent_action_key is None:
+        if self.latent_labels is None and source.spec.latent_action_key is None:
             raise DataError(
                 f"{d.dir}: spec {source.spec.name!r} has no latent_action_key; label the dataset "
                 "with data_pipelines.label_latent_actions and pass its lapa_spec.json as data.spec"
@@ -192,11 +250,17 @@ class LatentPretrainTask(Task):
             source,
             pipelines.ImageConfig(size=d.image_size, resize_mode=d.resize_mode, dtype="float32"),
             with_actions=False,
-            with_latent_actions=True,
+            with_latent_actions=self.latent_labels is None,
         )
         c = self.model_cfg
         return PromptedSteps(
-            steps, self.tokenizer, c.max_text_len, c.latent_codes, c.num_latent_tokens
+            steps,
+            self.tokenizer,
+            c.max_text_len,
+            c.latent_codes,
+            c.num_latent_tokens,
+            self.latent_labels,
+            split,
         )
 
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True):
@@ -254,6 +318,10 @@ class LatentPretrainTask(Task):
 def _all_labels(src: PromptedSteps) -> np.ndarray:
     """Every step's latent codes, read without decoding images."""
     source = src.steps.source
+    if src.labels is not None:
+        return np.concatenate(
+            [src.labels.episode(src.split, e, int(source.lengths[e])) for e in range(len(source))]
+        )
     out = []
     for e in range(len(source)):
         steps = source.steps(e)
