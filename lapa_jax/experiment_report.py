@@ -149,7 +149,12 @@ def report_table(report: dict[str, Any]) -> str:
         cells = []
         for k in ks:
             s = report["summary"].get(arm, {}).get(k)
-            cells.append(f"{s['mean']:.2f} ± {s['std']:.2f} ({s['seeds']})" if s else "-")
+            if not s:
+                cells.append("-")
+            elif s["seeds"] == 1:  # no spread to show yet
+                cells.append(f"{s['mean']:.2f} (1)")
+            else:
+                cells.append(f"{s['mean']:.2f} ± {s['std']:.2f} ({s['seeds']})")
         hours = report["cpu_seconds"].get(arm, 0.0) / 3600
         untimed = len(report.get("untimed_jobs", {}).get(arm, []))
         note = f" (+{untimed} untimed jobs)" if untimed else ""

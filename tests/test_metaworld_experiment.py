@@ -190,6 +190,7 @@ def test_report_aggregates_tasks_then_seeds(tmp_path):
     assert {os.path.basename(p) for p in paths} >= {"results.json", "table.md", "success_vs_k.png"}
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| scratch | 0.50 ± 0.00 (2) | 0.50 ± 0.00 (2) |" in table
+    assert "| lapa_transfer | 0.30 (1) | 0.30 (1) |" in table  # one seed: no spread shown
 
 
 def test_dry_run_lists_every_job(tmp_path):
