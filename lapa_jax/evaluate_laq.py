@@ -31,7 +31,7 @@ import numpy as np
 from lapa_jax.checkpointing import Checkpointer
 from lapa_jax.metric_writers import image_grid, save_png
 from lapa_jax.models.laq import LAQ
-from lapa_jax.tasks.laq import CHANGE_THRESHOLD, LAQTask, changed_pixels
+from lapa_jax.tasks.laq import CHANGE_THRESHOLD, LAQTask, changed_pixels, downsample
 from lapa_jax.trainer import Trainer
 
 
@@ -85,12 +85,6 @@ def ridge_r2(
 def onehot_codes(codes_NL: np.ndarray, num_codes: int) -> np.ndarray:
     """[N, L] codes -> [N, L * num_codes] one-hot features, the probes' code input."""
     return np.eye(num_codes, dtype=np.float32)[codes_NL].reshape(len(codes_NL), -1)
-
-
-def downsample(img_NHWC: np.ndarray, size: int) -> np.ndarray:
-    n, h, _, c = img_NHWC.shape
-    f = h // size
-    return img_NHWC[:, : size * f, : size * f].reshape(n, size, f, size, f, c).mean((2, 4))
 
 
 def pad_to_devices(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:

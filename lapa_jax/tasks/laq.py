@@ -62,13 +62,18 @@ def cross_views(
     return views[0], views[1]
 
 
+def downsample(img_NHWC: Any, size: int) -> Any:
+    """Average-pools square images to size x size (numpy or jax arrays): the pixel-
+    difference baseline's features, and the frame-difference head's target."""
+    n, h, _, c = img_NHWC.shape
+    f = h // size
+    return img_NHWC[:, : size * f, : size * f].reshape(n, size, f, size, f, c).mean((2, 4))
+
+
 def diff_nmse(pred_BhwC: jax.Array, first_BHWC: jax.Array, target_BHWC: jax.Array) -> jax.Array:
     """Error of a predicted frame difference, average-pooled to pred's side, relative to
     the difference's own energy: scale-free, 1.0 for predicting no change."""
-    side = pred_BhwC.shape[1]
-    b, h, w, c = first_BHWC.shape
-    diff = (target_BHWC - first_BHWC).reshape(b, side, h // side, side, w // side, c)
-    diff_BhwC = diff.mean((2, 4))
+    diff_BhwC = downsample(target_BHWC - first_BHWC, pred_BhwC.shape[1])
     energy = jnp.maximum(jnp.mean(jnp.square(diff_BhwC)), 1e-8)
     return jnp.mean(jnp.square(pred_BhwC - diff_BhwC)) / jax.lax.stop_gradient(energy)
 
