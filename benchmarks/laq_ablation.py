@@ -43,6 +43,10 @@ BASE = [*FAITHFUL, *RESIDUAL, *GLOBAL, *LR]
 FLOW = ["--config.model.flow_decoder=True"]
 RVQ = ["--config.model.quantizer=rvq"]
 FSQ = ["--config.model.quantizer=fsq", "--config.dead_code.enabled=False"]
+# The metaworld defaults before the decoder hid half of its x_t patches: pinned, so the
+# rows measured on them keep meaning what they measured.
+NO_MASK = ["--config.model.decoder_mask_ratio=0.0"]
+DEFAULT_RVQ = ["--config=experiments/laq.py:metaworld", *RVQ, *NO_MASK]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "faithful": ("the paper's recipe (small model)", FAITHFUL),
@@ -97,7 +101,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "metaworld_default": (
         "the previous metaworld default (= flow_lr_gap4_norm: one codebook, conv pooling)",
-        ["--config=experiments/laq.py:metaworld", "--config.model.quantizer=nsvq"],
+        ["--config=experiments/laq.py:metaworld", "--config.model.quantizer=nsvq", *NO_MASK],
     ),
     "flow_lr_gap4_fsq": (
         "flow_lr_gap4 with FSQ (2,2,2) instead of NSVQ",
@@ -107,57 +111,54 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "default_rvq": (
         "flow_lr_gap4_norm with the 4 conv-pooled vectors merged into one latent and "
         "quantized by residual NSVQ in 4 stages (the metaworld default since)",
-        ["--config=experiments/laq.py:metaworld", *RVQ],
+        DEFAULT_RVQ,
     ),
     "default_rvq_attn": (
         "default_rvq with one attention-pooled latent, added to every decoder token",
-        ["--config=experiments/laq.py:metaworld", *RVQ, *GLOBAL],
+        [*DEFAULT_RVQ, *GLOBAL],
     ),
     "rvq_d8": (
         "default_rvq with an 8-dim latent: a narrower bottleneck for the motion",
-        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.latent_dim=8"],
+        [*DEFAULT_RVQ, "--config.model.latent_dim=8"],
     ),
     "rvq_d8_nonorm": (
         "rvq_d8 without the unit-sphere latent, so its length can carry the speed",
         [
-            "--config=experiments/laq.py:metaworld",
-            *RVQ,
+            *DEFAULT_RVQ,
             "--config.model.latent_dim=8",
             "--config.model.latent_norm=False",
         ],
     ),
     "default_rvq_gap8": (
         "default_rvq with frame gap 8 (16 simulator steps): twice the motion again",
-        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.data.frame_gap=8"],
+        [*DEFAULT_RVQ, "--config.data.frame_gap=8"],
     ),
     "rvq_d4_nonorm": (
         "rvq_d8_nonorm with a 4-dim latent: as many numbers as the action has",
         [
-            "--config=experiments/laq.py:metaworld",
-            *RVQ,
+            *DEFAULT_RVQ,
             "--config.model.latent_dim=4",
             "--config.model.latent_norm=False",
         ],
     ),
     "default_rvq_seed1": (
         "default_rvq with another training seed: how far one seed moves the measures",
-        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.train.seed=1"],
+        [*DEFAULT_RVQ, "--config.train.seed=1"],
     ),
     "rvq_shift4": (
         "default_rvq with the latent encoded from a view shifted by up to 4 pixels and "
         "decoded onto another: where things are no longer carries over, how they move does",
-        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.loss.view_shift=4"],
+        [*DEFAULT_RVQ, "--config.loss.view_shift=4"],
     ),
     "rvq_nopos": (
         "default_rvq whose encoder has no spatial position embedding: it cannot say "
         "where in the image a change is",
-        ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.encoder_spatial_pos=False"],
+        [*DEFAULT_RVQ, "--config.model.encoder_spatial_pos=False"],
     ),
     "rvq_nopos_seed1": (
         "rvq_nopos with another training seed: does its edge over default_rvq hold?",
         [
-            "--config=experiments/laq.py:metaworld",
-            *RVQ,
+            *DEFAULT_RVQ,
             "--config.model.encoder_spatial_pos=False",
             "--config.train.seed=1",
         ],
@@ -167,17 +168,61 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "quantized latent alone (weight 0.01 on its relative error): the codes must carry, "
         "linearly, what the pixel-difference probe reads",
         [
-            "--config=experiments/laq.py:metaworld",
-            *RVQ,
+            *DEFAULT_RVQ,
             "--config.model.diff_head_size=16",
             "--config.loss.diff_weight=0.01",
+        ],
+    ),
+    "rvq_mask": (
+        "default_rvq whose decoder sees half of the x_t patches in training: for the hidden "
+        "half, where and how far pixels move must come from the latent",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.decoder_mask_ratio=0.5",
+        ],
+    ),
+    "rvq_mask_seed1": (
+        "rvq_mask with another training seed",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.decoder_mask_ratio=0.5",
+            "--config.train.seed=1",
+        ],
+    ),
+    "rvq_mask75": (
+        "rvq_mask with three quarters of the x_t patches hidden",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.decoder_mask_ratio=0.75",
+        ],
+    ),
+    "rvq_mask_entropy": (
+        "rvq_mask + the usage-entropy regulariser (weight 0.1, temperature 4), for the "
+        "stage whose perplexity falls under 5",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.decoder_mask_ratio=0.5",
+            "--config.loss.usage_entropy_weight=0.1",
+            "--config.loss.usage_entropy_temperature=4.0",
+        ],
+    ),
+    "rvq_entropy": (
+        "default_rvq + the usage-entropy regulariser on every residual stage (weight 0.1, "
+        "temperature 4): pushes each stage's soft code use towards uniform",
+        [
+            *DEFAULT_RVQ,
+            "--config.loss.usage_entropy_weight=0.1",
+            "--config.loss.usage_entropy_temperature=4.0",
         ],
     ),
     "rvq_diff_w1": (
         "rvq_diff with weight 1 on the difference head: the difference dominates the loss",
         [
-            "--config=experiments/laq.py:metaworld",
-            *RVQ,
+            *DEFAULT_RVQ,
             "--config.model.diff_head_size=16",
             "--config.loss.diff_weight=1.0",
         ],
