@@ -28,6 +28,10 @@ ISSUE8_RECIPE = {
     # One latent, residual NSVQ in 4 stages with a codebook each: every stage uses all
     # its codes (no position collapses), with the action probe of the best conv recipe.
     "model.quantizer": "rvq",
+    # Hide half of the decoder's x_t patches in training: where those pixels go must come
+    # from the latent. Over two seeds it lifts the code probe (0.58 against 0.50) and
+    # delta-t-PSNR (1.2 against 0.6 dB).
+    "model.decoder_mask_ratio": 0.5,
 }
 
 
