@@ -102,6 +102,11 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     assert flag(jobs[f"ft{N}_lapa_oracle_k25_s1"], "init_from") == plan.run("latent_oracle")
     assert order.index("oracle_labels") < order.index("latent_oracle")
     assert "lapa_oracle" not in metaworld_lapa.get_config("full").arms  # opt-in
+    # The full run's quantizers were trained before the laq default masked its decoder's
+    # x_t patches: every quantizer job pins the recipe that ran, whatever the default is now.
+    laq_jobs = [j for n, j in jobs.items() if n.startswith("laq_") and "report" not in n]
+    assert {j.name for j in laq_jobs} == {"laq_all", "laq_g0", "laq_g1"}
+    assert all(flag(j, "model.decoder_mask_ratio") == "0.0" for j in laq_jobs)
     # Evaluation: every seed's own layouts, the same for every arm.
     assert (
         flag(jobs[f"eval{N}_lapa_k5_s2"], "seed")
