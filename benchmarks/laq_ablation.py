@@ -210,6 +210,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.loss.usage_entropy_temperature=4.0",
         ],
     ),
+    "rvq_mask_nopos": (
+        "rvq_mask whose encoder has no spatial position embedding: the two levers that "
+        "each lifted the code probe, together",
+        [
+            "--config=experiments/laq.py:metaworld",
+            *RVQ,
+            "--config.model.decoder_mask_ratio=0.5",
+            "--config.model.encoder_spatial_pos=False",
+        ],
+    ),
     "rvq_entropy": (
         "default_rvq + the usage-entropy regulariser on every residual stage (weight 0.1, "
         "temperature 4): pushes each stage's soft code use towards uniform",
