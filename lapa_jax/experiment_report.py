@@ -66,6 +66,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
     c = plan.cfg
     success: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     offline: dict[str, dict[str, list[float]]] = {}
+    jobs = {j.name: j for j in plan.jobs}
     for arm in c.arms:
         for k in c.demo_ks:
             for seed in c.seeds:
@@ -76,6 +77,11 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
                     got = _closed_loop(run)
                     if got is not None:
                         per_task.update(got)
+                    # A finetune still running has logged an early, higher error: only
+                    # finished runs count.
+                    ft_job = jobs.get(os.path.basename(run))
+                    if ft_job is None or not runner.done(ft_job):
+                        continue
                     mse = _last_eval(run).get("action_mse")
                     if mse is not None:
                         offline.setdefault(arm, {}).setdefault(str(k), []).append(mse)

@@ -198,6 +198,26 @@ def test_report_aggregates_tasks_then_seeds(tmp_path):
     assert "| lapa_transfer | 0.30 (1) | 0.30 (1) |" in table  # one seed: no spread shown
 
 
+def test_report_counts_action_error_only_of_finished_finetunes(tmp_path):
+    cfg = metaworld_lapa.get_config("tiny")
+    cfg.arms, cfg.seeds, cfg.demo_ks = ["scratch"], [0, 1], [1]
+    plan = mx.Plan(cfg, str(tmp_path))
+    runner = mx.Runner(str(tmp_path), log=lambda m: None)
+    for seed, mse in ((0, 0.1), (1, 0.3)):  # seed 1 is still finetuning
+        run = plan.finetune_run("scratch", 1, seed)
+        os.makedirs(run)
+        with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 2, "eval_action_mse": mse}) + "\n")
+    finished = next(
+        j for j in plan.jobs if j.name == os.path.basename(plan.finetune_run("scratch", 1, 0))
+    )
+    os.makedirs(os.path.dirname(runner.marker(finished)), exist_ok=True)
+    with open(runner.marker(finished), "w") as f:
+        json.dump({"name": finished.name, "cpu_s": 1.0, "wall_s": 1.0}, f)
+    report = experiment_report.build_report(plan, runner)
+    assert report["offline_action_mse"] == {"scratch": {"1": [0.1]}}
+
+
 def test_dry_run_lists_every_job(tmp_path):
     import subprocess
 
