@@ -62,34 +62,10 @@ def _artefacts(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
-    c = plan.cfg
-    success: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    offline: dict[str, dict[str, list[float]]] = {}
-    jobs = {j.name: j for j in plan.jobs}
-    for arm in c.arms:
-        for k in c.demo_ks:
-            for seed in c.seeds:
-                groups = [0, 1] if arm in HALF_ARMS else [None]
-                per_task: dict[str, float] = {}
-                for g in groups:
-                    run = plan.finetune_run(arm, k, seed, g)
-                    got = _closed_loop(run)
-                    if got is not None:
-                        per_task.update(got)
-                    # A finetune still running has logged an early, higher error: only
-                    # finished runs count.
-                    ft_job = jobs.get(os.path.basename(run))
-                    if ft_job is None or not runner.done(ft_job):
-                        continue
-                    mse = _last_eval(run).get("action_mse")
-                    if mse is not None:
-                        offline.setdefault(arm, {}).setdefault(str(k), []).append(mse)
-                if len(per_task) == len(c.tasks):
-                    success.setdefault(arm, {}).setdefault(str(k), {})[str(seed)] = {
-                        t: per_task[t] for t in c.tasks
-                    }
-    summary: dict[str, dict[str, dict[str, float]]] = {}
+def _summarise(
+    success: dict[str, dict[str, dict[str, dict[str, float]]]], tasks: list[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
     for arm, by_k in success.items():
         for k, by_seed in by_k.items():
             means = [float(np.mean(list(v.values()))) for v in by_seed.values()]
@@ -98,12 +74,57 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
                 "std": float(np.std(means)),
                 "seeds": len(means),
                 "per_task_mean": {
-                    t: float(np.mean([v[t] for v in by_seed.values()])) for t in c.tasks
+                    t: float(np.mean([v[t] for v in by_seed.values()])) for t in tasks
                 },
             }
+    return summary
+
+
+def _mse_lists(by_seed: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, Any]:
+    """The held-out action errors per arm and k, in seed order (both halves for the
+    half-task arms)."""
+    return {
+        arm: {k: [m for s in sorted(v, key=int) for m in v[s]] for k, v in by_k.items()}
+        for arm, by_k in by_seed.items()
+    }
+
+
+def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
+    c = plan.cfg
+    success: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    mse_by_seed: dict[str, dict[str, dict[str, list[float]]]] = {}
+    cell_jobs: dict[str, list[str]] = {}  # "arm/k/seed" -> its finetune and eval jobs
+    jobs = {j.name: j for j in plan.jobs}
+    for arm in c.arms:
+        for k in c.demo_ks:
+            for seed in c.seeds:
+                groups = [0, 1] if arm in HALF_ARMS else [None]
+                per_task: dict[str, float] = {}
+                for g in groups:
+                    run = plan.finetune_run(arm, k, seed, g)
+                    name = os.path.basename(run)
+                    cell_jobs.setdefault(f"{arm}/{k}/{seed}", []).extend([name, f"eval{name[2:]}"])
+                    got = _closed_loop(run)
+                    if got is not None:
+                        per_task.update(got)
+                    # A finetune still running has logged an early, higher error: only
+                    # finished runs count.
+                    ft_job = jobs.get(name)
+                    if ft_job is None or not runner.done(ft_job):
+                        continue
+                    mse = _last_eval(run).get("action_mse")
+                    if mse is not None:
+                        by_k = mse_by_seed.setdefault(arm, {}).setdefault(str(k), {})
+                        by_k.setdefault(str(seed), []).append(mse)
+                if len(per_task) == len(c.tasks):
+                    success.setdefault(arm, {}).setdefault(str(k), {})[str(seed)] = {
+                        t: per_task[t] for t in c.tasks
+                    }
+    summary = _summarise(success, list(c.tasks))
     cpu: dict[str, float] = {}
     wall: dict[str, float] = {}
     untimed: dict[str, list[str]] = {}
+    job_seconds: dict[str, dict[str, Any]] = {}
     for job in plan.jobs:
         if runner.done(job):
             with open(runner.marker(job)) as f:
@@ -113,6 +134,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
                 continue
             cpu[job.arm] = cpu.get(job.arm, 0.0) + rec["cpu_s"]
             wall[job.arm] = wall.get(job.arm, 0.0) + rec["wall_s"]
+            job_seconds[job.name] = {"arm": job.arm, "cpu_s": rec["cpu_s"], "wall_s": rec["wall_s"]}
     laq_reports = {}
     for tag in ("all", "g0", "g1"):
         eval_dir = os.path.join(plan.run(f"laq_{tag}"), "eval")
@@ -123,7 +145,8 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
                     laq_reports[tag] = json.load(f)
     pretraining = {
         name: _last_eval(plan.run(name))
-        for name in ["latent_all", "latent_g0", "latent_g1", "action_pre"]
+        for name in ["latent_all", "latent_g0", "latent_g1", "latent_oracle"]
+        + ["action_pre", "action_pre_clean"]
         + [f"idm_k{k}" for k in c.demo_ks]
         + [f"vpt_pre_k{k}" for k in c.demo_ks]
         if os.path.isdir(plan.run(name))
@@ -133,15 +156,126 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
         "artefacts": _artefacts(plan),
         "summary": summary,
         "success": success,
-        "offline_action_mse": offline,
+        "offline_action_mse": _mse_lists(mse_by_seed),
+        "offline_action_mse_by_seed": mse_by_seed,
         "cpu_seconds": cpu,
         "wall_seconds": wall,
         "untimed_jobs": untimed,  # finished, but not counted in the seconds above
+        "job_seconds": job_seconds,
+        "cell_jobs": cell_jobs,
         "laq_reports": laq_reports,
         "pretraining_reports": pretraining,
         "jobs_done": sum(runner.done(j) for j in plan.jobs),
         "jobs_total": len(plan.jobs),
     }
+
+
+# What two workdirs whose results are merged may differ in: which cells each ran, and
+# how many rendering processes did it (the episodes do not depend on that).
+_FREE_KEYS = ("arms", "seeds", "demo_ks", "workers")
+
+
+def _recorded_mse_by_seed(recorded: dict[str, Any], source: str) -> dict[str, Any]:
+    """Per seed from a report that has it; from an older report's per-(arm, k) lists when
+    they line up with its finished cells (build_report listed them in seed order, one per
+    half for the half-task arms)."""
+    if "offline_action_mse_by_seed" in recorded:
+        return recorded["offline_action_mse_by_seed"]
+    out: dict[str, Any] = {}
+    for arm, by_k in recorded.get("offline_action_mse", {}).items():
+        per_cell = 2 if arm in HALF_ARMS else 1
+        for k, values in by_k.items():
+            seeds = sorted(recorded["success"].get(arm, {}).get(k, {}), key=int)
+            if len(values) != per_cell * len(seeds):
+                raise ValueError(
+                    f"{source}: {len(values)} action errors for {arm} at k={k} but "
+                    f"{len(seeds)} finished seeds; they cannot be told apart"
+                )
+            out.setdefault(arm, {})[k] = {
+                s: values[i * per_cell : (i + 1) * per_cell] for i, s in enumerate(seeds)
+            }
+    return out
+
+
+def _scalar_diffs(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    keys = [k for k in a if isinstance(a[k], (int, float)) and isinstance(b.get(k), (int, float))]
+    return max((abs(float(a[k]) - float(b[k])) for k in keys), default=None)
+
+
+def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str) -> dict[str, Any]:
+    """Adds to `report` the (arm, k, seed) cells that `recorded` (the results.json of
+    another workdir of the same protocol) finished and this one did not: a run resumed in
+    a fresh workdir, its shared pretraining redone, reports every seed.
+
+    A cell finished in both must agree. CPU seconds are the recorded ones plus this
+    workdir's new cells; this workdir's repeats of jobs the recorded run had already
+    done (datasets and pretraining of the arms it has) go to `repeated_cpu_seconds`, and
+    `pretraining_max_abs_diff` says how closely the repeats reproduced its reports."""
+    mine = {k: v for k, v in report["config"].items() if k not in _FREE_KEYS}
+    theirs = {k: v for k, v in recorded["config"].items() if k not in _FREE_KEYS}
+    mine, theirs = json.loads(json.dumps(mine)), json.loads(json.dumps(theirs))
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"{source} is not the same protocol: its config differs in {differ}")
+    c = report["config"]
+    arms, ks, seeds = set(c["arms"]), {str(k) for k in c["demo_ks"]}, {str(s) for s in c["seeds"]}
+    out = json.loads(json.dumps(report))
+    mse_theirs = _recorded_mse_by_seed(recorded, source)
+    mse_mine = out["offline_action_mse_by_seed"]
+    added = []
+    for arm, by_k in recorded["success"].items():
+        for k, by_seed in by_k.items():
+            for seed, per_task in by_seed.items():
+                if arm not in arms or k not in ks or seed not in seeds:
+                    continue
+                have = out["success"].get(arm, {}).get(k, {}).get(seed)
+                if have is not None:
+                    if have != per_task:
+                        raise ValueError(
+                            f"{source}: {arm} k={k} seed {seed} differs from this workdir's"
+                        )
+                    continue
+                out["success"].setdefault(arm, {}).setdefault(k, {})[seed] = per_task
+                mse = mse_theirs.get(arm, {}).get(k, {}).get(seed)
+                if mse is not None:
+                    mse_mine.setdefault(arm, {}).setdefault(k, {})[seed] = mse
+                added.append(f"{arm}/{k}/{seed}")
+    out["summary"] = _summarise(out["success"], list(c["tasks"]))
+    out["offline_action_mse"] = _mse_lists(mse_mine)
+    # CPU: the recorded totals, plus this workdir's jobs the recorded run had not done.
+    recorded_cells = {
+        f"{a}/{k}/{s}"
+        for a, by_k in recorded["success"].items()
+        for k, v in by_k.items()
+        for s in v
+    }
+    recorded_arms = {a for a in recorded.get("cpu_seconds", {}) if a != SHARED}
+    own_cell_jobs = {name: cell for cell, names in out["cell_jobs"].items() for name in names}
+    cpu = dict(recorded.get("cpu_seconds", {}))
+    wall = dict(recorded.get("wall_seconds", {}))
+    repeated: dict[str, float] = {}
+    for name, rec in out["job_seconds"].items():
+        cell = own_cell_jobs.get(name)
+        if cell is None:
+            is_repeat = rec["arm"] == SHARED or rec["arm"] in recorded_arms
+        else:
+            is_repeat = cell in recorded_cells
+        if is_repeat:
+            repeated[rec["arm"]] = repeated.get(rec["arm"], 0.0) + rec["cpu_s"]
+        else:
+            cpu[rec["arm"]] = cpu.get(rec["arm"], 0.0) + rec["cpu_s"]
+            wall[rec["arm"]] = wall.get(rec["arm"], 0.0) + rec["wall_s"]
+    out["cpu_seconds"], out["wall_seconds"], out["repeated_cpu_seconds"] = cpu, wall, repeated
+    for arm, names in recorded.get("untimed_jobs", {}).items():
+        out["untimed_jobs"].setdefault(arm, []).extend(names)
+    diffs = {}
+    for key in ("pretraining_reports", "laq_reports"):
+        for name, theirs_r in recorded.get(key, {}).items():
+            if name in out[key]:
+                diffs[name] = _scalar_diffs(out[key][name], theirs_r)
+    out["pretraining_max_abs_diff"] = diffs
+    out.setdefault("merged", []).append({"source": source, "cells": sorted(added)})
+    return out
 
 
 def report_table(report: dict[str, Any]) -> str:
@@ -169,6 +303,8 @@ def report_table(report: dict[str, Any]) -> str:
         f"\nSuccess rate: mean over tasks, then mean ± std over seeds (number of seeds). "
         f"Shared jobs (datasets, tokenizer): {report['cpu_seconds'].get(SHARED, 0.0) / 3600:.2f} CPU hours."
     )
+    for m in report.get("merged", []):
+        lines.append(f"{len(m['cells'])} (arm, k, seed) results were recorded in {m['source']}.")
     k = ks[-1]
     arms = [a for a in c["arms"] if k in report["summary"].get(a, {})]
     if arms:

@@ -2,7 +2,8 @@
 and seed, then the report.
 
     python -m lapa_jax.metaworld_experiment --config experiments/metaworld_lapa.py:full \
-        --workdir runs/metaworld_lapa [--results results/metaworld_lapa] [--dry_run]
+        --workdir runs/metaworld_lapa [--results results/metaworld_lapa] [--dry_run] \
+        [--merge_results results/metaworld_lapa/ft2000_partial/results.json]
 
 The experiment is a list of jobs in dependency order, each one command of this
 project (dataset generation, training, labelling, evaluation) run in a subprocess.
@@ -12,7 +13,9 @@ stopped (training resumes from its checkpoint, labelling from its finished chunk
 datasets appear only when complete). A failing job stops the run with its log's tail.
 The report (lapa_jax.experiment_report: results.json, table.md, success_vs_k.png,
 success_per_task.png) is rebuilt from the finished jobs at the end, or alone with
---report_only.
+--report_only. --merge_results adds the results an earlier workdir recorded (its
+results.json), so a run continued in a fresh workdir, e.g. with --config.seeds="(2,)",
+reports every seed; see experiment_report.merge_recorded.
 """
 
 from __future__ import annotations
@@ -415,9 +418,12 @@ def main(argv: Sequence[str]) -> None:
         return
     if not f.report_only:
         runner.run(plan.jobs)
-    from lapa_jax.experiment_report import build_report, report_table, write_report
+    from lapa_jax.experiment_report import build_report, merge_recorded, report_table, write_report
 
     report = build_report(plan, runner)
+    for path in f.merge_results:
+        with open(path) as fh:
+            report = merge_recorded(report, json.load(fh), path)
     paths = write_report(report, os.path.join(plan.w, "report"))
     if f.results:
         paths = write_report(report, f.results)
@@ -441,6 +447,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("results", "", "also write the report here (e.g. results/metaworld_lapa)")
     flags.DEFINE_bool("dry_run", False, "print the jobs and whether each is done, run nothing")
     flags.DEFINE_bool("report_only", False, "rebuild the report from finished jobs")
+    flags.DEFINE_multi_string(
+        "merge_results",
+        [],
+        "results.json of an earlier workdir of the same protocol: its finished (arm, k, "
+        "seed) results join the report (a run resumed in a fresh workdir)",
+    )
     flags.DEFINE_bool("echo", False, "stream every job's output here too (progress bars)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

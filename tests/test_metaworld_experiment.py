@@ -218,6 +218,79 @@ def test_report_counts_action_error_only_of_finished_finetunes(tmp_path):
     assert report["offline_action_mse"] == {"scratch": {"1": [0.1]}}
 
 
+def finish(plan: mx.Plan, runner: mx.Runner, name: str, cpu_s: float) -> None:
+    job = next(j for j in plan.jobs if j.name == name)
+    os.makedirs(os.path.dirname(runner.marker(job)), exist_ok=True)
+    with open(runner.marker(job), "w") as f:
+        json.dump({"name": name, "arm": job.arm, "cpu_s": cpu_s, "wall_s": cpu_s}, f)
+
+
+def finish_cell(plan: mx.Plan, runner: mx.Runner, k: int, seed: int, rate: float, mse: float):
+    run = plan.finetune_run("scratch", k, seed)
+    t0, t1 = plan.cfg.tasks
+    write_closed_loop(run, {t0: rate, t1: rate})
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 2, "eval_action_mse": mse}) + "\n")
+    name = os.path.basename(run)
+    finish(plan, runner, name, 10.0)
+    finish(plan, runner, f"eval{name[2:]}", 5.0)
+
+
+def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
+    cfg = metaworld_lapa.get_config("tiny")
+    cfg.arms, cfg.seeds, cfg.demo_ks = ("scratch",), (0, 1, 2), (1,)
+    # The first workdir finished seeds 0 and 1, then was lost; its report was kept.
+    cfg_a = metaworld_lapa.get_config("tiny")
+    cfg_a.arms, cfg_a.seeds, cfg_a.demo_ks = ("scratch",), (0, 1), (1,)
+    plan_a, runner_a = mx.Plan(cfg_a, str(tmp_path / "a")), mx.Runner(str(tmp_path / "a"))
+    finish(plan_a, runner_a, "data_demos_k1", 100.0)
+    finish_cell(plan_a, runner_a, 1, 0, 1.0, 0.1)
+    finish_cell(plan_a, runner_a, 1, 1, 0.5, 0.3)
+    recorded = experiment_report.build_report(plan_a, runner_a)
+    recorded = json.loads(json.dumps(recorded))  # as read back from results.json
+    # The fresh workdir redid the shared jobs and ran seed 2 only.
+    plan_b, runner_b = mx.Plan(cfg, str(tmp_path / "b")), mx.Runner(str(tmp_path / "b"))
+    finish(plan_b, runner_b, "data_demos_k1", 90.0)
+    finish_cell(plan_b, runner_b, 1, 2, 0.0, 0.5)
+    mine = experiment_report.build_report(plan_b, runner_b)
+    assert mine["summary"]["scratch"]["1"]["seeds"] == 1
+    merged = experiment_report.merge_recorded(mine, recorded, "a/results.json")
+    s = merged["summary"]["scratch"]["1"]
+    assert s["seeds"] == 3 and s["mean"] == pytest.approx(0.5)
+    assert merged["offline_action_mse"] == {"scratch": {"1": [0.1, 0.3, 0.5]}}
+    assert merged["merged"] == [
+        {"source": "a/results.json", "cells": ["scratch/1/0", "scratch/1/1"]}
+    ]
+    # CPU: the recorded run's, plus seed 2's jobs; the redone dataset is a repeat.
+    assert merged["cpu_seconds"] == {"shared": 100.0, "scratch": 45.0}
+    assert merged["repeated_cpu_seconds"] == {"shared": 90.0}
+    assert "2 (arm, k, seed) results were recorded in a/results.json" in (
+        experiment_report.report_table(merged)
+    )
+    # Merging the same record twice changes nothing; an older report without per-seed
+    # errors is attributed by seed order.
+    again = experiment_report.merge_recorded(merged, recorded, "a/results.json")
+    assert again["summary"] == merged["summary"]
+    old = {k: v for k, v in recorded.items() if k != "offline_action_mse_by_seed"}
+    assert (
+        experiment_report.merge_recorded(mine, old, "old")["offline_action_mse"]
+        == (merged["offline_action_mse"])
+    )
+    # Refused: a cell both finished with different results, another protocol, and
+    # errors that cannot be told apart by seed.
+    clash = json.loads(json.dumps(recorded))
+    clash["success"]["scratch"]["1"]["2"] = clash["success"]["scratch"]["1"]["0"]
+    with pytest.raises(ValueError, match="scratch k=1 seed 2 differs"):
+        experiment_report.merge_recorded(mine, clash, "clash")
+    other = json.loads(json.dumps(recorded))
+    other["config"]["eval_episodes"] = 50
+    with pytest.raises(ValueError, match="differs in \\['eval_episodes'\\]"):
+        experiment_report.merge_recorded(mine, other, "other")
+    old["offline_action_mse"] = {"scratch": {"1": [0.1]}}
+    with pytest.raises(ValueError, match="1 action errors for scratch at k=1 but 2"):
+        experiment_report.merge_recorded(mine, old, "old")
+
+
 def test_dry_run_lists_every_job(tmp_path):
     import subprocess
 
