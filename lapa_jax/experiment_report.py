@@ -197,9 +197,12 @@ def _recorded_mse_by_seed(recorded: dict[str, Any], source: str) -> dict[str, An
     return out
 
 
-def _scalar_diffs(a: dict[str, Any], b: dict[str, Any]) -> float | None:
-    keys = [k for k in a if isinstance(a[k], (int, float)) and isinstance(b.get(k), (int, float))]
-    return max((abs(float(a[k]) - float(b[k])) for k in keys), default=None)
+def _scalars_side_by_side(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, list[float]]:
+    return {
+        k: [float(mine[k]), float(theirs[k])]
+        for k in mine
+        if isinstance(mine[k], (int, float)) and isinstance(theirs.get(k), (int, float))
+    }
 
 
 def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str) -> dict[str, Any]:
@@ -210,7 +213,8 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     A cell finished in both must agree. CPU seconds are the recorded ones plus this
     workdir's new cells; this workdir's repeats of jobs the recorded run had already
     done (datasets and pretraining of the arms it has) go to `repeated_cpu_seconds`, and
-    `pretraining_max_abs_diff` says how closely the repeats reproduced its reports."""
+    `pretraining_this_vs_recorded` puts the repeats' report values beside the recorded
+    ones (training on CPU is not bit-reproducible across runs)."""
     mine = {k: v for k, v in report["config"].items() if k not in _FREE_KEYS}
     theirs = {k: v for k, v in recorded["config"].items() if k not in _FREE_KEYS}
     mine, theirs = json.loads(json.dumps(mine)), json.loads(json.dumps(theirs))
@@ -268,12 +272,12 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     out["cpu_seconds"], out["wall_seconds"], out["repeated_cpu_seconds"] = cpu, wall, repeated
     for arm, names in recorded.get("untimed_jobs", {}).items():
         out["untimed_jobs"].setdefault(arm, []).extend(names)
-    diffs = {}
+    compared = {}
     for key in ("pretraining_reports", "laq_reports"):
         for name, theirs_r in recorded.get(key, {}).items():
             if name in out[key]:
-                diffs[name] = _scalar_diffs(out[key][name], theirs_r)
-    out["pretraining_max_abs_diff"] = diffs
+                compared[name] = _scalars_side_by_side(out[key][name], theirs_r)
+    out["pretraining_this_vs_recorded"] = compared
     out.setdefault("merged", []).append({"source": source, "cells": sorted(added)})
     return out
 

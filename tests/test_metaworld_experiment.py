@@ -225,12 +225,17 @@ def finish(plan: mx.Plan, runner: mx.Runner, name: str, cpu_s: float) -> None:
         json.dump({"name": name, "arm": job.arm, "cpu_s": cpu_s, "wall_s": cpu_s}, f)
 
 
+def write_eval(run: str, **metrics: float) -> None:
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 2, **{f"eval_{k}": v for k, v in metrics.items()}}) + "\n")
+
+
 def finish_cell(plan: mx.Plan, runner: mx.Runner, k: int, seed: int, rate: float, mse: float):
     run = plan.finetune_run("scratch", k, seed)
     t0, t1 = plan.cfg.tasks
     write_closed_loop(run, {t0: rate, t1: rate})
-    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
-        f.write(json.dumps({"step": 2, "eval_action_mse": mse}) + "\n")
+    write_eval(run, action_mse=mse)
     name = os.path.basename(run)
     finish(plan, runner, name, 10.0)
     finish(plan, runner, f"eval{name[2:]}", 5.0)
@@ -244,6 +249,7 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     cfg_a.arms, cfg_a.seeds, cfg_a.demo_ks = ("scratch",), (0, 1), (1,)
     plan_a, runner_a = mx.Plan(cfg_a, str(tmp_path / "a")), mx.Runner(str(tmp_path / "a"))
     finish(plan_a, runner_a, "data_demos_k1", 100.0)
+    write_eval(plan_a.run("latent_all"), accuracy=0.4)
     finish_cell(plan_a, runner_a, 1, 0, 1.0, 0.1)
     finish_cell(plan_a, runner_a, 1, 1, 0.5, 0.3)
     recorded = experiment_report.build_report(plan_a, runner_a)
@@ -251,6 +257,7 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     # The fresh workdir redid the shared jobs and ran seed 2 only.
     plan_b, runner_b = mx.Plan(cfg, str(tmp_path / "b")), mx.Runner(str(tmp_path / "b"))
     finish(plan_b, runner_b, "data_demos_k1", 90.0)
+    write_eval(plan_b.run("latent_all"), accuracy=0.5)  # redone pretraining differs a bit
     finish_cell(plan_b, runner_b, 1, 2, 0.0, 0.5)
     mine = experiment_report.build_report(plan_b, runner_b)
     assert mine["summary"]["scratch"]["1"]["seeds"] == 1
@@ -264,6 +271,7 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     # CPU: the recorded run's, plus seed 2's jobs; the redone dataset is a repeat.
     assert merged["cpu_seconds"] == {"shared": 100.0, "scratch": 45.0}
     assert merged["repeated_cpu_seconds"] == {"shared": 90.0}
+    assert merged["pretraining_this_vs_recorded"] == {"latent_all": {"accuracy": [0.5, 0.4]}}
     assert "2 (arm, k, seed) results were recorded in a/results.json" in (
         experiment_report.report_table(merged)
     )
