@@ -221,6 +221,8 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"{source} is not the same protocol: its config differs in {differ}")
+    if any(m["source"] == source for m in report.get("merged", [])):
+        raise ValueError(f"{source} is already merged into this report")
     c = report["config"]
     arms, ks, seeds = set(c["arms"]), {str(k) for k in c["demo_ks"]}, {str(s) for s in c["seeds"]}
     out = json.loads(json.dumps(report))
@@ -255,21 +257,28 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     }
     recorded_arms = {a for a in recorded.get("cpu_seconds", {}) if a != SHARED}
     own_cell_jobs = {name: cell for cell, names in out["cell_jobs"].items() for name in names}
-    cpu = dict(recorded.get("cpu_seconds", {}))
-    wall = dict(recorded.get("wall_seconds", {}))
-    repeated: dict[str, float] = {}
+    # This report's seconds (earlier merges' records included) plus the recorded ones,
+    # less this workdir's jobs that repeat what a record already counts (each moved once).
+    cpu, wall = dict(out["cpu_seconds"]), dict(out["wall_seconds"])
+    for arm, sec in recorded.get("cpu_seconds", {}).items():
+        cpu[arm] = cpu.get(arm, 0.0) + sec
+    for arm, sec in recorded.get("wall_seconds", {}).items():
+        wall[arm] = wall.get(arm, 0.0) + sec
+    repeated: dict[str, float] = out.get("repeated_cpu_seconds", {})
+    moved: list[str] = out.get("repeated_jobs", [])
     for name, rec in out["job_seconds"].items():
         cell = own_cell_jobs.get(name)
         if cell is None:
             is_repeat = rec["arm"] == SHARED or rec["arm"] in recorded_arms
         else:
             is_repeat = cell in recorded_cells
-        if is_repeat:
+        if is_repeat and name not in moved:
+            moved.append(name)
             repeated[rec["arm"]] = repeated.get(rec["arm"], 0.0) + rec["cpu_s"]
-        else:
-            cpu[rec["arm"]] = cpu.get(rec["arm"], 0.0) + rec["cpu_s"]
-            wall[rec["arm"]] = wall.get(rec["arm"], 0.0) + rec["wall_s"]
-    out["cpu_seconds"], out["wall_seconds"], out["repeated_cpu_seconds"] = cpu, wall, repeated
+            cpu[rec["arm"]] -= rec["cpu_s"]
+            wall[rec["arm"]] -= rec["wall_s"]
+    out["cpu_seconds"], out["wall_seconds"] = cpu, wall
+    out["repeated_cpu_seconds"], out["repeated_jobs"] = repeated, moved
     for arm, names in recorded.get("untimed_jobs", {}).items():
         out["untimed_jobs"].setdefault(arm, []).extend(names)
     compared = {}

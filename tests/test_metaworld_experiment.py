@@ -275,10 +275,23 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     assert "2 (arm, k, seed) results were recorded in a/results.json" in (
         experiment_report.report_table(merged)
     )
-    # Merging the same record twice changes nothing; an older report without per-seed
-    # errors is attributed by seed order.
-    again = experiment_report.merge_recorded(merged, recorded, "a/results.json")
-    assert again["summary"] == merged["summary"]
+    # The same record is not merged twice. Two records (say, two lost workdirs) both
+    # count, and this workdir's repeats move out once.
+    with pytest.raises(ValueError, match="already merged"):
+        experiment_report.merge_recorded(merged, recorded, "a/results.json")
+    first, second = json.loads(json.dumps(recorded)), json.loads(json.dumps(recorded))
+    del first["success"]["scratch"]["1"]["1"], second["success"]["scratch"]["1"]["0"]
+    for rec, mses in ((first, [0.1]), (second, [0.3])):
+        rec["offline_action_mse_by_seed"]["scratch"]["1"] = {
+            s: [m] for s, m in zip(rec["success"]["scratch"]["1"], mses, strict=True)
+        }
+        rec["cpu_seconds"] = rec["wall_seconds"] = {"shared": 50.0, "scratch": 15.0}
+    twice = experiment_report.merge_recorded(mine, first, "first")
+    twice = experiment_report.merge_recorded(twice, second, "second")
+    assert twice["summary"] == merged["summary"]
+    assert twice["cpu_seconds"] == {"shared": 100.0, "scratch": 45.0}
+    assert twice["repeated_cpu_seconds"] == {"shared": 90.0}
+    # An older report without per-seed errors is attributed by seed order.
     old = {k: v for k, v in recorded.items() if k != "offline_action_mse_by_seed"}
     assert (
         experiment_report.merge_recorded(mine, old, "old")["offline_action_mse"]
