@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lapa_jax.metaworld_experiment import HALF_ARMS, SHARED, Plan, Runner
+from lapa_jax.metaworld_experiment import HALF_ARMS, SHARED, Plan, Runner, eval_job_name
 
 
 def _last_eval(workdir: str) -> dict[str, float]:
@@ -103,7 +103,9 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
                 for g in groups:
                     run = plan.finetune_run(arm, k, seed, g)
                     name = os.path.basename(run)
-                    cell_jobs.setdefault(f"{arm}/{k}/{seed}", []).extend([name, f"eval{name[2:]}"])
+                    cell_jobs.setdefault(f"{arm}/{k}/{seed}", []).extend(
+                        [name, eval_job_name(name)]
+                    )
                     got = _closed_loop(run)
                     if got is not None:
                         per_task.update(got)

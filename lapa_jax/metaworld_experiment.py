@@ -47,6 +47,11 @@ class JobFailed(RuntimeError):
     pass
 
 
+def eval_job_name(finetune_name: str) -> str:
+    """The closed-loop evaluation job of a finetuning job (ft2000_... -> eval2000_...)."""
+    return f"eval{finetune_name[2:]}"
+
+
 def _overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
     """Nested overrides as --config.a.b=value flags."""
     out = []
@@ -202,7 +207,7 @@ class Plan:
         self._train(name, arm, stage, **extra)
         tasks = c.tasks if group is None else self.groups[group]
         self._add(
-            f"eval{name[2:]}",
+            eval_job_name(name),
             arm,
             [
                 "-m", "lapa_jax.evaluate_policy", "--workdir", workdir,

@@ -238,7 +238,7 @@ def finish_cell(plan: mx.Plan, runner: mx.Runner, k: int, seed: int, rate: float
     write_eval(run, action_mse=mse)
     name = os.path.basename(run)
     finish(plan, runner, name, 10.0)
-    finish(plan, runner, f"eval{name[2:]}", 5.0)
+    finish(plan, runner, mx.eval_job_name(name), 5.0)
 
 
 def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
