@@ -7,6 +7,10 @@ linear probe of the summed action from its one-hot codes with:
 - post-hoc residual k-means (4 stages x 8 codes) of that latent, of the top principal
   components of the 16x16 pixel difference, and of the true action itself: the ceiling
   for codes of this size that are fitted without the action, and with it;
+- post-hoc product k-means (one 8-code token per group of principal components, the
+  oracle latents' layout) of the latent and of the pixel difference, and of the pixel
+  difference's ridge fit of the action: the ceiling for codes of visual change laid out
+  like the oracle's;
 - x_t alone, and x_t with the codes: an expert's action is largely a function of its
   state, so probes of motion features partly measure state.
 It writes one JSON. Every probe is the ridge regression of `lapa_jax.evaluate_laq`.
@@ -61,6 +65,18 @@ def residual_codes(x_ND: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
         residual = residual - c[a]
         out.append(a)
     return np.stack(out, 1)
+
+
+def fit_product_kmeans(x_ND: np.ndarray, k: int, tokens: int) -> list[np.ndarray]:
+    """Product quantization: the dims are cut into `tokens` consecutive groups, each with
+    its own k codes, as the oracle latents cut the action into one token per dimension."""
+    groups = np.array_split(np.arange(x_ND.shape[1]), tokens)
+    return [kmeans(x_ND[:, g], k, seed=i) for i, g in enumerate(groups)]
+
+
+def product_codes(x_ND: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
+    groups = np.array_split(np.arange(x_ND.shape[1]), len(codebooks))
+    return np.stack([nearest(x_ND[:, g], c) for g, c in zip(groups, codebooks, strict=True)], 1)
 
 
 def top_components(x_tr: np.ndarray, x_te: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +148,28 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
     }
     scale = y_tr.std(0) + 1e-8
     out["posthoc_codes_of_true_action"] = posthoc(y_tr / scale, y_te / scale)
+
+    def product(f_tr: np.ndarray, f_te: np.ndarray) -> dict[str, float | None]:
+        books = fit_product_kmeans(f_tr, k, stages)
+        return codes_probe(product_codes(f_tr, books), product_codes(f_te, books))
+
+    # Codes laid out like the oracle's (one token per direction) instead of residually.
+    out["posthoc_product_codes_of_latent_pcs"] = {
+        str(n): product(*top_components(lat_tr, lat_te, n)) for n in (stages, 4 * stages)
+    }
+    out["posthoc_product_codes_of_pixel_difference_pcs"] = {
+        str(n): product(*top_components(diff_tr, diff_te, n)) for n in (stages, 4 * stages)
+    }
+    # Supervised ceilings for codes of visual change: a feature's ridge prediction of the
+    # action (fitted with the labels), one token per action dimension. What 4 x 8 codes of
+    # that feature could keep if their directions were the action's.
+    for name, (f_tr, f_te) in (
+        ("latent", (lat_tr, lat_te)),
+        ("pixel_difference", (diff_tr, diff_te)),
+    ):
+        fit_tr, fit_te = (E.ridge_predict(f_tr, y_tr, f) / scale for f in (f_tr, f_te))
+        out[f"posthoc_product_codes_of_{name}_action_fit"] = product(fit_tr, fit_te)
+    out["posthoc_product_codes_of_true_action"] = product(y_tr / scale, y_te / scale)
     return out
 
 
