@@ -99,6 +99,25 @@ def test_residual_kmeans_codes_carry_a_low_dimensional_target():
     assert r2_first.mean() < r2.mean() - 0.2
 
 
+def test_product_kmeans_gives_one_token_per_dimension_group():
+    """Product codes (the oracle latents' layout): token i depends on dims group i only,
+    and one 8-code token per dimension lets a probe recover each dimension."""
+    from benchmarks import laq_probe_ceiling as ceiling
+
+    rng = np.random.default_rng(1)
+    y = rng.uniform(-1, 1, size=(1200, 4))
+    books = ceiling.fit_product_kmeans(y[:800], k=8, tokens=4)
+    assert [b.shape for b in books] == [(8, 1)] * 4
+    c_tr, c_te = ceiling.product_codes(y[:800], books), ceiling.product_codes(y[800:], books)
+    shuffled = y[800:].copy()
+    shuffled[:, 1:] = rng.permutation(shuffled[:, 1:])
+    assert np.array_equal(ceiling.product_codes(shuffled, books)[:, 0], c_te[:, 0])
+    r2 = evaluate_laq.ridge_r2(
+        evaluate_laq.onehot_codes(c_tr, 8), y[:800], evaluate_laq.onehot_codes(c_te, 8), y[800:]
+    )
+    assert np.all(r2 > 0.95)
+
+
 def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
     from benchmarks import laq_probe_ceiling as ceiling
 
@@ -111,5 +130,8 @@ def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
     for key in ("codes", "latent_continuous", "frame_t", "codes_plus_frame_t", "pixel_difference"):
         assert out[key]["r2_xyz"] <= 1.0, key
     assert out["posthoc_codes_of_true_action"]["r2_xyz"] <= 1.0
+    for key in ("latent_action_fit", "pixel_difference_action_fit", "true_action"):
+        assert out[f"posthoc_product_codes_of_{key}"]["r2_xyz"] <= 1.0, key
+    assert sorted(out["posthoc_product_codes_of_latent_pcs"]) == ["16", "4"]
     with open(tmp_path / "c.json") as f:
         assert json.load(f)["codes"] == out["codes"]
