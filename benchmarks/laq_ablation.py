@@ -212,6 +212,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.encoder_spatial_pos=False",
         ],
     ),
+    "rvq_mask_parts4": (
+        "rvq_mask whose flow is 4 affine part motions, linear in the latent, on masks "
+        "segmented from x_t alone: the latent can say how things move, not where they are",
+        [
+            *RVQ_MASK,
+            "--config.model.motion_parts=4",
+        ],
+    ),
     "rvq_entropy": (
         "default_rvq + the usage-entropy regulariser on every residual stage (weight 0.1, "
         "temperature 4): pushes each stage's soft code use towards uniform",

@@ -78,6 +78,7 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             fsq_pre_norm=True,
             residual_decoder=False,
             flow_decoder=False,
+            motion_parts=0,  # > 0: the flow is that many affine part motions (issue 8)
             latent_pool="conv",
             latent_norm=False,
             encoder_spatial_pos=True,

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from experiments import laq as laq_experiment
-from lapa_jax.models.laq import LAQ, LAQConfig, patchify, unpatchify
+from lapa_jax.models.laq import (
+    LAQ,
+    LAQConfig,
+    PartMotion,
+    affine_part_flow,
+    patchify,
+    unpatchify,
+    warp,
+)
 
 
 def tiny_cfg(**kw):
@@ -152,6 +160,52 @@ def test_paper_config_by_eval_shape():
     assert variables["params"]["quantizer"]["codebook"].shape == (8, 32)
 
 
+def test_affine_part_flow_moves_each_part_by_its_own_motion():
+    """A translation moves its part's pixels and nothing else; a scaling flows outwards
+    in proportion to the distance from the centre; the flows of two parts add."""
+    masks = np.zeros((1, 8, 8, 2), np.float32)
+    masks[0, :4, :, 0] = 1.0  # part 0: the top half
+    masks[0, 4:, :4, 1] = 0.5  # part 1: half weight on the bottom-left quarter
+    motion = np.zeros((1, 2, 6), np.float32)
+    motion[0, 0, :2] = (1.0, -2.0)  # part 0 translates by (dy, dx) = (1, -2)
+    motion[0, 1, 2], motion[0, 1, 5] = 4.0, 4.0  # part 1 scales: A = 4 I
+    flow = np.asarray(affine_part_flow(jnp.asarray(masks), jnp.asarray(motion)))
+    assert flow.shape == (1, 8, 8, 2)
+    np.testing.assert_allclose(flow[0, :4], np.broadcast_to([1.0, -2.0], (4, 8, 2)))
+    np.testing.assert_allclose(flow[0, 4:, 4:], 0.0)  # no part there: it stays still
+    # Bottom-left pixel (7, 0): position ((7 - 3.5) / 4, (0 - 3.5) / 4), times 4, times 0.5.
+    np.testing.assert_allclose(flow[0, 7, 0], [1.75, -1.75], rtol=1e-6)
+    # The flow is backward, in (dy, dx): a flow of (1, 0) shows each row's lower neighbour.
+    image = jax.random.uniform(jax.random.key(0), (1, 8, 8, 1))
+    moved = np.asarray(warp(image, jnp.broadcast_to(jnp.array([1.0, 0.0]), (1, 8, 8, 2))))
+    np.testing.assert_allclose(moved[0, :7], np.asarray(image)[0, 1:], rtol=1e-6)
+
+
+def test_motion_parts_decoder_starts_by_copying_and_its_motion_is_linear_in_the_latent():
+    cfg = tiny_cfg(residual_decoder=True, flow_decoder=True, motion_parts=2)
+    frames = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 3))
+    model, params = _init(cfg, frames)
+    dec = params["params"]["decoder"]
+    assert dec["parts"]["to_motion"]["kernel"].shape == (4 * 8, 2 * 6)
+    assert "to_flow" not in dec  # the free per-pixel flow is replaced, not added
+    out = model.apply(params, frames, train=False)
+    np.testing.assert_allclose(np.asarray(out["recon"]), np.asarray(frames[:, 0]), atol=1e-6)
+    # With motion weights, the flow of latents a + b is the flow of a plus that of b
+    # minus that of 0: the motion, hence each part's flow, is affine in the latent.
+    parts = dict(dec["parts"])
+    parts["to_motion"] = {
+        **parts["to_motion"],
+        "kernel": jax.random.normal(jax.random.key(4), (32, 12)),
+    }
+    a, b = (jax.random.normal(jax.random.key(i), (2, 4, 8)) for i in (5, 6))
+    f = [
+        np.asarray(PartMotion(cfg).apply({"params": parts}, frames[:, 0], z))
+        for z in (a, b, a + b, 0 * a)
+    ]
+    np.testing.assert_allclose(f[2], f[0] + f[1] - f[3], atol=1e-4)
+    assert np.abs(f[0] - f[3]).max() > 0.1
+
+
 def test_patchify_round_trip():
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
     p = patchify(x, 4)
@@ -171,6 +225,8 @@ def test_patchify_round_trip():
         ({"latent_pool": "mean"}, "latent_pool must be"),
         ({"decoder_mask_ratio": 1.0}, "decoder_mask_ratio must be"),
         ({"diff_head_size": 5}, "diff_head_size must be"),
+        ({"motion_parts": 2}, "needs flow_decoder=True"),
+        ({"motion_parts": -1, "flow_decoder": True}, "motion_parts must be >= 0"),
         ({"num_latent_tokens": 0, "latent_pool": "attention"}, "num_latent_tokens must be >= 1"),
     ],
 )

@@ -12,7 +12,9 @@ cross-attention to the quantized latent tokens and an MLP; a linear map back to
 pixels. With `residual_decoder` it predicts x_t plus a correction whose output layer
 starts at zero, so training starts at "copy x_t" and can only lower the loss by
 reading the latent (see ../shared/README.md on collapse). With `flow_decoder` it also
-decodes a per-pixel flow and warps x_t with it before adding the correction.
+decodes a per-pixel flow and warps x_t with it before adding the correction; with
+`motion_parts` that flow is a few affine part motions, linear in the latent, on masks
+segmented from x_t.
 
 The defaults of LAQConfig are the paper's model; the other switches are the issue-8
 levers, measured in results/laq_ablation.
@@ -55,6 +57,9 @@ class LAQConfig:
     fsq_pre_norm: bool = True
     residual_decoder: bool = False
     flow_decoder: bool = False  # predict x_{t+H} by warping x_t with a decoded flow field
+    # > 0 (with flow_decoder): the flow is `motion_parts` affine motions, linear in the
+    # latent, each on a soft mask segmented from x_t alone (see PartMotion).
+    motion_parts: int = 0
     # Issue-8 levers; the defaults are the paper's behaviour (see experiments/laq.py).
     latent_pool: str = "conv"  # "conv": per-frame conv reduction; "attention": see LatentPool
     latent_norm: bool = False  # NSVQ on the unit sphere (cosine distance)
@@ -95,6 +100,10 @@ class LAQConfig:
                 f"diff_head_size must be 0 or divide image_size {self.image_size}, "
                 f"got {self.diff_head_size}"
             )
+        if self.motion_parts < 0:
+            raise ValueError(f"motion_parts must be >= 0, got {self.motion_parts}")
+        if self.motion_parts and not self.flow_decoder:
+            raise ValueError("motion_parts > 0 needs flow_decoder=True (it replaces its flow)")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         for name in (
@@ -260,6 +269,35 @@ class LatentPool(nn.Module):
         return z.astype(jnp.float32)
 
 
+class PartMotion(nn.Module):
+    """(x_t, latent) -> flow [B, H, W, 2] as J moving parts: where each part is comes from
+    x_t alone, how it moves (an affine motion) is linear in the latent. The latent can then
+    only say how things move, in a few numbers, not where they are: its largest directions
+    should become the robot's motion (results/laq_ablation)."""
+
+    cfg: LAQConfig
+
+    @nn.compact
+    def __call__(self, first_BHWC: jax.Array, latents_BLD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dt = cfg.jnp_dtype
+        m = PatchEmbed(cfg.width, cfg.patch_size, dt, name="embed")(first_BHWC)
+        m = m + _pos_embedding(self, "pos", (cfg.grid * cfg.grid, cfg.width)).astype(dt)
+        m = LayerNorm(dtype=dt, name="ln")(_block(cfg, "block")(m))
+        parts = cfg.motion_parts + 1  # the last one stays still
+        logits = DenseGeneral(
+            cfg.patch_size * cfg.patch_size * parts, ("embed", "patch"), dtype=dt, name="to_parts"
+        )(m)
+        masks_BHWJ = jax.nn.softmax(
+            unpatchify(logits.astype(jnp.float32), cfg.patch_size, cfg.grid, parts), axis=-1
+        )[..., :-1]
+        flat_BF = latents_BLD.reshape(latents_BLD.shape[0], -1).astype(jnp.float32)
+        motion = nn.Dense(
+            cfg.motion_parts * 6, kernel_init=nn.initializers.zeros, name="to_motion"
+        )(flat_BF)
+        return affine_part_flow(masks_BHWJ, motion.reshape(-1, cfg.motion_parts, 6))
+
+
 class Decoder(nn.Module):
     """(x_t [B, H, W, C], latent tokens [B, L, latent_dim]) -> predicted x_{t+H}."""
 
@@ -307,7 +345,9 @@ class Decoder(nn.Module):
         )(x)
         out = unpatchify(out.astype(jnp.float32), cfg.patch_size, cfg.grid, cfg.channels)
         base = first_BHWC.astype(jnp.float32)
-        if cfg.flow_decoder:
+        if cfg.motion_parts:
+            base = warp(base, PartMotion(cfg, name="parts")(first_BHWC, latents_BLD))
+        elif cfg.flow_decoder:
             # Rigid motion of a few pixels is one flow vector per pixel here, where a pixel
             # decoder has to redraw every edge that moved.
             flow = DenseGeneral(
@@ -322,6 +362,23 @@ class Decoder(nn.Module):
         if starts_at_copy:
             out = base + out
         return out
+
+
+def affine_part_flow(masks_BHWJ: jax.Array, motion_BJ6: jax.Array) -> jax.Array:
+    """Flow [B, H, W, 2] (in pixels, (dy, dx)) = sum_j mask_j * (t_j + A_j p), with p the
+    pixel position relative to the image centre in half-image units; motion_j holds
+    (t_y, t_x, A_yy, A_yx, A_xy, A_xx)."""
+    _, h, w, _ = masks_BHWJ.shape
+    ys, xs = jnp.meshgrid(
+        (jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2) / (h / 2),
+        (jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2) / (w / 2),
+        indexing="ij",
+    )
+    t_BJ2 = motion_BJ6[..., :2]
+    a_BJ22 = motion_BJ6[..., 2:].reshape(*motion_BJ6.shape[:2], 2, 2)
+    p_HW2 = jnp.stack([ys, xs], -1)
+    flow_BHWJ2 = t_BJ2[:, None, None] + jnp.einsum("bjkl,hwl->bhwjk", a_BJ22, p_HW2)
+    return (masks_BHWJ[..., None] * flow_BHWJ2).sum(-2)
 
 
 def warp(images_BHWC: jax.Array, flow_BHW2: jax.Array) -> jax.Array:
