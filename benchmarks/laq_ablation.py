@@ -220,6 +220,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.motion_parts=4",
         ],
     ),
+    "rvq_mask_parts4_only": (
+        "rvq_mask_parts4 where the latent reaches the decoder only through the part motions "
+        "(the pixel correction sees x_t, not the latent)",
+        [
+            *RVQ_MASK,
+            "--config.model.motion_parts=4",
+            "--config.model.motion_only=True",
+        ],
+    ),
     "rvq_entropy": (
         "default_rvq + the usage-entropy regulariser on every residual stage (weight 0.1, "
         "temperature 4): pushes each stage's soft code use towards uniform",

@@ -79,6 +79,7 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
             residual_decoder=False,
             flow_decoder=False,
             motion_parts=0,  # > 0: the flow is that many affine part motions (issue 8)
+            motion_only=False,  # and the latent reaches the decoder only through them
             latent_pool="conv",
             latent_norm=False,
             encoder_spatial_pos=True,

@@ -206,6 +206,26 @@ def test_motion_parts_decoder_starts_by_copying_and_its_motion_is_linear_in_the_
     assert np.abs(f[0] - f[3]).max() > 0.1
 
 
+def test_motion_only_decoder_reads_the_latent_only_through_the_parts():
+    cfg = tiny_cfg(residual_decoder=True, flow_decoder=True, motion_parts=2, motion_only=True)
+    frames = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 3))
+    model, params = _init(cfg, frames)
+    # Random weights everywhere, the motion's included: the prediction still must not
+    # change with the latent once the part motions ignore it.
+    params = jax.tree_util.tree_map(
+        lambda x: x + 0.1 * jax.random.normal(jax.random.key(7), x.shape), params
+    )
+    params["params"]["decoder"]["parts"]["to_motion"]["kernel"] *= 0.0
+    a, b = (jax.random.normal(jax.random.key(i), (2, 4, 8)) for i in (5, 6))
+    dec = model.bind(params).decoder
+    np.testing.assert_allclose(
+        np.asarray(dec(frames[:, 0], a)), np.asarray(dec(frames[:, 0], b)), atol=1e-5
+    )
+    params["params"]["decoder"]["parts"]["to_motion"]["kernel"] += 1.0
+    dec = model.bind(params).decoder
+    assert np.abs(np.asarray(dec(frames[:, 0], a)) - np.asarray(dec(frames[:, 0], b))).max() > 1e-3
+
+
 def test_patchify_round_trip():
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
     p = patchify(x, 4)
@@ -227,6 +247,7 @@ def test_patchify_round_trip():
         ({"diff_head_size": 5}, "diff_head_size must be"),
         ({"motion_parts": 2}, "needs flow_decoder=True"),
         ({"motion_parts": -1, "flow_decoder": True}, "motion_parts must be >= 0"),
+        ({"motion_only": True, "flow_decoder": True}, "motion_only needs motion_parts"),
         ({"num_latent_tokens": 0, "latent_pool": "attention"}, "num_latent_tokens must be >= 1"),
     ],
 )

@@ -60,6 +60,7 @@ class LAQConfig:
     # > 0 (with flow_decoder): the flow is `motion_parts` affine motions, linear in the
     # latent, each on a soft mask segmented from x_t alone (see PartMotion).
     motion_parts: int = 0
+    motion_only: bool = False  # the latent reaches the decoder only through the part motions
     # Issue-8 levers; the defaults are the paper's behaviour (see experiments/laq.py).
     latent_pool: str = "conv"  # "conv": per-frame conv reduction; "attention": see LatentPool
     latent_norm: bool = False  # NSVQ on the unit sphere (cosine distance)
@@ -104,6 +105,8 @@ class LAQConfig:
             raise ValueError(f"motion_parts must be >= 0, got {self.motion_parts}")
         if self.motion_parts and not self.flow_decoder:
             raise ValueError("motion_parts > 0 needs flow_decoder=True (it replaces its flow)")
+        if self.motion_only and not self.motion_parts:
+            raise ValueError("motion_only needs motion_parts > 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         for name in (
@@ -325,7 +328,10 @@ class Decoder(nn.Module):
                 )
                 x = jnp.where(hide_BN[..., None], mask_token.astype(dt), x)
         x = x + _pos_embedding(self, "pos_spatial", (n, cfg.width)).astype(dt)
-        ctx = DenseGeneral(cfg.width, ("latent", "embed"), dtype=dt, name="latent_in")(latents_BLD)
+        # motion_only: the pixel correction still sees x_t, but what the latent says can
+        # only act through how the parts move.
+        seen_BLD = jnp.zeros_like(latents_BLD) if cfg.motion_only else latents_BLD
+        ctx = DenseGeneral(cfg.width, ("latent", "embed"), dtype=dt, name="latent_in")(seen_BLD)
         ctx = ctx + _pos_embedding(self, "pos_latent", (cfg.num_latent_tokens, cfg.width)).astype(
             dt
         )
