@@ -275,8 +275,8 @@ class LatentPool(nn.Module):
 class PartMotion(nn.Module):
     """(x_t, latent) -> flow [B, H, W, 2] as J moving parts: where each part is comes from
     x_t alone, how it moves (an affine motion) is linear in the latent. The latent can then
-    only say how things move, in a few numbers, not where they are: its largest directions
-    should become the robot's motion (results/laq_ablation)."""
+    only say how things move, in a few numbers, not where they are. Meant to make its
+    largest directions the robot's motion; at 1,200 steps it did not (results/laq_ablation)."""
 
     cfg: LAQConfig
 
