@@ -212,6 +212,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.encoder_spatial_pos=False",
         ],
     ),
+    "rvq_mask_nopos_seed1": (
+        "rvq_mask_nopos with another training seed: is its lead over rvq_mask more than one "
+        "seed's spread?",
+        [
+            *RVQ_MASK,
+            "--config.model.encoder_spatial_pos=False",
+            "--config.train.seed=1",
+        ],
+    ),
     "rvq_mask_parts4": (
         "rvq_mask whose flow is 4 affine part motions, linear in the latent, on masks "
         "segmented from x_t alone: the latent can say how things move, not where they are",
