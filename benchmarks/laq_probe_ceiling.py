@@ -8,9 +8,9 @@ linear probe of the summed action from its one-hot codes with:
   components of the 16x16 pixel difference, and of the true action itself: the ceiling
   for codes of this size that are fitted without the action, and with it;
 - post-hoc product k-means (one 8-code token per group of principal components, the
-  oracle latents' layout) of the latent and of the pixel difference, and of the pixel
-  difference's ridge fit of the action: the ceiling for codes of visual change laid out
-  like the oracle's;
+  oracle latents' layout) of the latent and of the pixel difference, and of each one's
+  ridge fit of the action: the ceiling for codes of that feature cut along the action's
+  directions;
 - x_t alone, and x_t with the codes: an expert's action is largely a function of its
   state, so probes of motion features partly measure state.
 It writes one JSON. Every probe is the ridge regression of `lapa_jax.evaluate_laq`.
