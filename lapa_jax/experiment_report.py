@@ -80,6 +80,68 @@ def _summarise(
     return summary
 
 
+# Arms each arm is set against, cell by cell: scratch for every arm; LAPA for the oracle
+# latents (same pipeline, other codes); the half-task control for transfer.
+PAIRED_BASELINES = ("scratch", "lapa", "scratch_half")
+
+
+def sign_flip_p(diffs: list[float], draws: int = 1 << 16) -> float:
+    """Two-sided p-value of a paired sign-flip (permutation) test of a zero mean: the
+    share of sign assignments whose |sum| reaches the observed one. Exact up to 16
+    pairs, a fixed-seed Monte Carlo beyond; no normality assumed, which few seeds of
+    bounded success rates would not justify."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("sign_flip_p needs at least one paired difference")
+    if d.size <= 16:
+        bits = (np.arange(1 << d.size)[:, None] >> np.arange(d.size)) & 1
+        signs = 1.0 - 2.0 * bits
+    else:
+        signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(draws, d.size))
+    observed = abs(d.sum())
+    return float(np.mean(np.abs(signs @ d) >= observed - 1e-12))
+
+
+def paired_differences(
+    success: dict[str, dict[str, dict[str, dict[str, float]]]], tasks: list[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each arm against each baseline of PAIRED_BASELINES it shares cells with: the
+    (k, seed) cells both finished differ in training and evaluation layouts only
+    through the arm, so their differences of task-mean success cancel most of the
+    seed-to-seed spread that the per-arm std includes."""
+
+    def cell_means(arm: str) -> dict[tuple[str, str], float]:
+        return {
+            (k, s): float(np.mean([per_task[t] for t in tasks]))
+            for k, by_seed in success.get(arm, {}).items()
+            for s, per_task in by_seed.items()
+        }
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for base in PAIRED_BASELINES:
+        base_cells = cell_means(base)
+        if not base_cells:
+            continue
+        for arm in success:
+            if arm in PAIRED_BASELINES[: PAIRED_BASELINES.index(base) + 1]:
+                continue  # itself, or a pair already set the other way round
+            mine = cell_means(arm)
+            cells = sorted(set(mine) & set(base_cells), key=lambda c: (int(c[0]), int(c[1])))
+            if not cells:
+                continue
+            d = [mine[c] - base_cells[c] for c in cells]
+            out.setdefault(base, {})[arm] = {
+                "cells": [f"k={k} seed {s}" for k, s in cells],
+                "differences": d,
+                "mean": float(np.mean(d)),
+                "std": float(np.std(d)),
+                "above": sum(x > 1e-9 for x in d),
+                "below": sum(x < -1e-9 for x in d),
+                "p_sign_flip": sign_flip_p(d),
+            }
+    return out
+
+
 def _mse_lists(by_seed: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, Any]:
     """The held-out action errors per arm and k, in seed order (both halves for the
     half-task arms)."""
@@ -157,6 +219,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
         "config": c.to_dict(),
         "artefacts": _artefacts(plan),
         "summary": summary,
+        "paired": paired_differences(success, list(c.tasks)),
         "success": success,
         "offline_action_mse": _mse_lists(mse_by_seed),
         "offline_action_mse_by_seed": mse_by_seed,
@@ -249,6 +312,7 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
                     mse_mine.setdefault(arm, {}).setdefault(k, {})[seed] = mse
                 added.append(f"{arm}/{k}/{seed}")
     out["summary"] = _summarise(out["success"], list(c["tasks"]))
+    out["paired"] = paired_differences(out["success"], list(c["tasks"]))
     out["offline_action_mse"] = _mse_lists(mse_mine)
     # CPU: the recorded totals, plus this workdir's jobs the recorded run had not done.
     recorded_cells = {
@@ -320,6 +384,7 @@ def report_table(report: dict[str, Any]) -> str:
     )
     for m in report.get("merged", []):
         lines.append(f"{len(m['cells'])} (arm, k, seed) results were recorded in {m['source']}.")
+    lines += _paired_table(report)
     k = ks[-1]
     arms = [a for a in c["arms"] if k in report["summary"].get(a, {})]
     if arms:
@@ -330,6 +395,30 @@ def report_table(report: dict[str, Any]) -> str:
             row = [f"{report['summary'][a][k]['per_task_mean'][t]:.2f}" for a in arms]
             lines.append(f"| {t} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _paired_table(report: dict[str, Any]) -> list[str]:
+    paired = report.get("paired") or paired_differences(
+        report["success"], list(report["config"]["tasks"])
+    )
+    if not paired:
+        return []
+    lines = [
+        "",
+        "Paired with a baseline over the (k, seed) cells both finished: mean and std of the "
+        "differences in success, cells above / below, and the two-sided p-value of a "
+        "sign-flip test.",
+        "",
+        "| arm | against | cells | mean difference | std | above / below | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for base, by_arm in paired.items():
+        for arm, r in by_arm.items():
+            lines.append(
+                f"| {arm} | {base} | {len(r['cells'])} | {r['mean']:+.3f} | {r['std']:.3f} "
+                f"| {r['above']} / {r['below']} | {r['p_sign_flip']:.3f} |"
+            )
+    return lines
 
 
 def write_report(report: dict[str, Any], out_dir: str) -> list[str]:

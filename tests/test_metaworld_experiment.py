@@ -196,6 +196,42 @@ def test_report_aggregates_tasks_then_seeds(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| scratch | 0.50 ± 0.00 (2) | 0.50 ± 0.00 (2) |" in table
     assert "| lapa_transfer | 0.30 (1) | 0.30 (1) |" in table  # one seed: no spread shown
+    # Paired only over the cells both arms finished: seed 0 at k=1 and k=2.
+    pair = report["paired"]["scratch"]["lapa_transfer"]
+    assert pair["cells"] == ["k=1 seed 0", "k=2 seed 0"]
+    assert pair["differences"] == pytest.approx([-0.2, -0.2])
+    assert (pair["above"], pair["below"], pair["p_sign_flip"]) == (0, 2, 0.5)
+    assert "| lapa_transfer | scratch | 2 | -0.200 | 0.000 | 0 / 2 | 0.500 |" in table
+
+
+def test_sign_flip_p_counts_sign_assignments():
+    # Three equal gains: only all-plus and all-minus reach |0.3| of the 8 assignments.
+    assert experiment_report.sign_flip_p([0.1, 0.1, 0.1]) == pytest.approx(0.25)
+    assert experiment_report.sign_flip_p([0.1, -0.1]) == pytest.approx(1.0)
+    # ±0.3 ±0.1 ±0.1: six of the eight sums reach |0.3|.
+    assert experiment_report.sign_flip_p([0.3, 0.1, -0.1]) == pytest.approx(0.75)
+    # 20 pairs: the Monte Carlo branch; all gains is a 2 / 2^20 event.
+    assert experiment_report.sign_flip_p([0.05] * 20) < 1e-3
+    assert experiment_report.sign_flip_p([0.05, -0.05] * 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        experiment_report.sign_flip_p([])
+
+
+def test_paired_differences_sets_oracle_against_lapa():
+    tasks = ["a", "b"]
+    success = {
+        "scratch": {"5": {"0": {"a": 0.5, "b": 0.5}, "1": {"a": 0.5, "b": 0.5}}},
+        "lapa": {"5": {"0": {"a": 1.0, "b": 0.4}, "1": {"a": 0.4, "b": 0.4}}},
+        "lapa_oracle": {"5": {"1": {"a": 0.6, "b": 0.6}}},
+    }
+    paired = experiment_report.paired_differences(success, tasks)
+    assert set(paired) == {"scratch", "lapa"}  # no scratch_half ran
+    lapa = paired["scratch"]["lapa"]
+    assert lapa["differences"] == pytest.approx([0.2, -0.1])
+    assert lapa["mean"] == pytest.approx(0.05) and (lapa["above"], lapa["below"]) == (1, 1)
+    oracle = paired["lapa"]["lapa_oracle"]
+    assert oracle["cells"] == ["k=5 seed 1"] and oracle["differences"] == pytest.approx([0.2])
+    assert "scratch" not in paired["lapa"]  # already set the other way round
 
 
 def test_report_counts_action_error_only_of_finished_finetunes(tmp_path):
