@@ -220,14 +220,8 @@ class Plan:
 
     def _build(self) -> None:
         c, arms = self.cfg, set(self.cfg.arms)
-        video = [
-            "lapa",
-            "action_pretrained",
-            "action_pretrained_clean",
-            "lapa_transfer",
-            "vpt",
-            "lapa_oracle",
-        ]
+        # lapa_transfer reads only the halves' video sets (video_g0, video_g1).
+        video = ["lapa", "action_pretrained", "action_pretrained_clean", "vpt", "lapa_oracle"]
         if arms & set(video):
             self._dataset(
                 "video",

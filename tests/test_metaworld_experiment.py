@@ -139,6 +139,10 @@ def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
     names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
     assert "data_demos_k10_g1" in names and f"ft{N}_scratch_half_k10_s0_g1" in names
     assert not any(n.startswith(("data_video", "laq", "latent")) for n in names)
+    cfg.arms = ["lapa_transfer"]  # the halves' videos only, not the whole video set
+    names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
+    assert "data_video_g0" in names and "data_video_g1" in names and "latent_g1" in names
+    assert "data_video" not in names
     cfg.arms = ["scratch", "diffusion"]
     with pytest.raises(ValueError, match="unknown arms"):
         mx.Plan(cfg, str(tmp_path))
