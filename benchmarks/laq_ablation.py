@@ -238,6 +238,21 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.motion_only=True",
         ],
     ),
+    "rvq_mask_gap8": (
+        "rvq_mask with frame gap 8 (16 simulator steps): the gap that lifted default_rvq's "
+        "probes, with the lever that lifted them at gap 4",
+        [
+            *RVQ_MASK,
+            "--config.data.frame_gap=8",
+        ],
+    ),
+    "rvq_mask_cb16": (
+        "rvq_mask with 16 codes per stage: twice the vocabulary per latent token",
+        [
+            *RVQ_MASK,
+            "--config.model.codebook_size=16",
+        ],
+    ),
     "rvq_entropy": (
         "default_rvq + the usage-entropy regulariser on every residual stage (weight 0.1, "
         "temperature 4): pushes each stage's soft code use towards uniform",
