@@ -293,7 +293,7 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     out = json.loads(json.dumps(report))
     mse_theirs = _recorded_mse_by_seed(recorded, source)
     mse_mine = out["offline_action_mse_by_seed"]
-    added = []
+    added, already = [], set()
     for arm, by_k in recorded["success"].items():
         for k, by_seed in by_k.items():
             for seed, per_task in by_seed.items():
@@ -305,6 +305,7 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
                         raise ValueError(
                             f"{source}: {arm} k={k} seed {seed} differs from this workdir's"
                         )
+                    already.add(f"{arm}/{k}/{seed}")
                     continue
                 out["success"].setdefault(arm, {}).setdefault(k, {})[seed] = per_task
                 mse = mse_theirs.get(arm, {}).get(k, {}).get(seed)
@@ -314,7 +315,10 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     out["summary"] = _summarise(out["success"], list(c["tasks"]))
     out["paired"] = paired_differences(out["success"], list(c["tasks"]))
     out["offline_action_mse"] = _mse_lists(mse_mine)
-    # CPU: the recorded totals, plus this workdir's jobs the recorded run had not done.
+    # CPU: each job counts once. A record's totals are added; this workdir's jobs that
+    # repeat what the record did move to `repeated_cpu_seconds`, and so do the record's
+    # own jobs that repeat what an earlier merged record (or this workdir) already counts:
+    # every lost workdir redid the datasets and the pretraining of its arms.
     recorded_cells = {
         f"{a}/{k}/{s}"
         for a, by_k in recorded["success"].items()
@@ -323,8 +327,6 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     }
     recorded_arms = {a for a in recorded.get("cpu_seconds", {}) if a != SHARED}
     own_cell_jobs = {name: cell for cell, names in out["cell_jobs"].items() for name in names}
-    # This report's seconds (earlier merges' records included) plus the recorded ones,
-    # less this workdir's jobs that repeat what a record already counts (each moved once).
     cpu, wall = dict(out["cpu_seconds"]), dict(out["wall_seconds"])
     for arm, sec in recorded.get("cpu_seconds", {}).items():
         cpu[arm] = cpu.get(arm, 0.0) + sec
@@ -332,6 +334,19 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
         wall[arm] = wall.get(arm, 0.0) + sec
     repeated: dict[str, float] = out.get("repeated_cpu_seconds", {})
     moved: list[str] = out.get("repeated_jobs", [])
+    counted = set(out.get("counted_jobs", out["job_seconds"]))
+    # Arms whose jobs an earlier record counted without naming them (an older format).
+    unnamed_arms = set(out.get("unnamed_arms", []))
+
+    def move(rec: dict[str, Any]) -> None:
+        repeated[rec["arm"]] = repeated.get(rec["arm"], 0.0) + rec["cpu_s"]
+        cpu[rec["arm"]] -= rec["cpu_s"]
+        wall[rec["arm"]] -= rec["wall_s"]
+
+    # Cells this workdir's own jobs still count: for these the record's run counts instead.
+    own_counted_cells = {
+        own_cell_jobs[n] for n in out["job_seconds"] if n in own_cell_jobs and n not in moved
+    }
     for name, rec in out["job_seconds"].items():
         cell = own_cell_jobs.get(name)
         if cell is None:
@@ -340,11 +355,30 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
             is_repeat = cell in recorded_cells
         if is_repeat and name not in moved:
             moved.append(name)
-            repeated[rec["arm"]] = repeated.get(rec["arm"], 0.0) + rec["cpu_s"]
-            cpu[rec["arm"]] -= rec["cpu_s"]
-            wall[rec["arm"]] -= rec["wall_s"]
+            counted.discard(name)  # the record's run of it counts instead
+            move(rec)
+    theirs_jobs = recorded.get("job_seconds")
+    theirs_moved = []
+    if theirs_jobs is None:
+        unnamed_arms |= set(recorded.get("cpu_seconds", {}))
+    else:
+        theirs_cell = {
+            name: cell for cell, names in recorded.get("cell_jobs", {}).items() for name in names
+        }
+        for name, rec in theirs_jobs.items():
+            cell = theirs_cell.get(name)
+            if cell is None:
+                is_repeat = name in counted or rec["arm"] in unnamed_arms
+            else:  # a cell an earlier record already counts
+                is_repeat = cell in already and cell not in own_counted_cells
+            if is_repeat:
+                theirs_moved.append(name)
+                move(rec)
+            else:
+                counted.add(name)
     out["cpu_seconds"], out["wall_seconds"] = cpu, wall
     out["repeated_cpu_seconds"], out["repeated_jobs"] = repeated, moved
+    out["counted_jobs"], out["unnamed_arms"] = sorted(counted), sorted(unnamed_arms)
     for arm, names in recorded.get("untimed_jobs", {}).items():
         out["untimed_jobs"].setdefault(arm, []).extend(names)
     compared = {}
@@ -353,7 +387,9 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
             if name in out[key]:
                 compared[name] = _scalars_side_by_side(out[key][name], theirs_r)
     out["pretraining_this_vs_recorded"] = compared
-    out.setdefault("merged", []).append({"source": source, "cells": sorted(added)})
+    out.setdefault("merged", []).append(
+        {"source": source, "cells": sorted(added), "repeated_jobs": theirs_moved}
+    )
     return out
 
 

@@ -306,7 +306,7 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     assert s["seeds"] == 3 and s["mean"] == pytest.approx(0.5)
     assert merged["offline_action_mse"] == {"scratch": {"1": [0.1, 0.3, 0.5]}}
     assert merged["merged"] == [
-        {"source": "a/results.json", "cells": ["scratch/1/0", "scratch/1/1"]}
+        {"source": "a/results.json", "cells": ["scratch/1/0", "scratch/1/1"], "repeated_jobs": []}
     ]
     # CPU: the recorded run's, plus seed 2's jobs; the redone dataset is a repeat.
     assert merged["cpu_seconds"] == {"shared": 100.0, "scratch": 45.0}
@@ -315,22 +315,33 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     assert "2 (arm, k, seed) results were recorded in a/results.json" in (
         experiment_report.report_table(merged)
     )
-    # The same record is not merged twice. Two records (say, two lost workdirs) both
-    # count, and this workdir's repeats move out once.
+    # The same record is not merged twice.
     with pytest.raises(ValueError, match="already merged"):
         experiment_report.merge_recorded(merged, recorded, "a/results.json")
+    # Two records (two lost workdirs) both count, each job once: the second redid the
+    # dataset and seed 0's cell, which move out with this workdir's repeat of the dataset.
     first, second = json.loads(json.dumps(recorded)), json.loads(json.dumps(recorded))
-    del first["success"]["scratch"]["1"]["1"], second["success"]["scratch"]["1"]["0"]
-    for rec, mses in ((first, [0.1]), (second, [0.3])):
-        rec["offline_action_mse_by_seed"]["scratch"]["1"] = {
-            s: [m] for s, m in zip(rec["success"]["scratch"]["1"], mses, strict=True)
-        }
-        rec["cpu_seconds"] = rec["wall_seconds"] = {"shared": 50.0, "scratch": 15.0}
+    del first["success"]["scratch"]["1"]["1"]
+    first["offline_action_mse_by_seed"]["scratch"]["1"] = {"0": [0.1]}
+    first["job_seconds"] = {n: r for n, r in recorded["job_seconds"].items() if "_s1" not in n}
+    first["cpu_seconds"] = first["wall_seconds"] = {"shared": 100.0, "scratch": 15.0}
+    second["job_seconds"]["data_demos_k1"] = {"arm": "shared", "cpu_s": 60.0, "wall_s": 60.0}
+    second["cpu_seconds"] = second["wall_seconds"] = {"shared": 60.0, "scratch": 30.0}
     twice = experiment_report.merge_recorded(mine, first, "first")
     twice = experiment_report.merge_recorded(twice, second, "second")
     assert twice["summary"] == merged["summary"]
     assert twice["cpu_seconds"] == {"shared": 100.0, "scratch": 45.0}
-    assert twice["repeated_cpu_seconds"] == {"shared": 90.0}
+    assert twice["repeated_cpu_seconds"] == {"shared": 150.0, "scratch": 15.0}
+    assert [m["cells"] for m in twice["merged"]] == [["scratch/1/0"], ["scratch/1/1"]]
+    assert sorted(twice["merged"][1]["repeated_jobs"]) == sorted(
+        ["data_demos_k1", *recorded["cell_jobs"]["scratch/1/0"]]
+    )
+    # A record of the older format names no jobs: a later record's jobs of its arms
+    # count as repeats, since which of them it ran is not known.
+    unnamed = {k: v for k, v in first.items() if k not in ("job_seconds", "cell_jobs")}
+    both = experiment_report.merge_recorded(mine, unnamed, "unnamed")
+    both = experiment_report.merge_recorded(both, second, "second")
+    assert both["cpu_seconds"] == twice["cpu_seconds"]
     # An older report without per-seed errors is attributed by seed order.
     old = {k: v for k, v in recorded.items() if k != "offline_action_mse_by_seed"}
     assert (
