@@ -253,6 +253,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.codebook_size=16",
         ],
     ),
+    "rvq_mask_p4": (
+        "rvq_mask with 4-pixel patches (16x16 tokens per frame, 4x the tokens): motion of a "
+        "pixel or two falls inside one 8-pixel patch",
+        [
+            *RVQ_MASK,
+            "--config.model.patch_size=4",
+        ],
+    ),
     "rvq_entropy": (
         "default_rvq + the usage-entropy regulariser on every residual stage (weight 0.1, "
         "temperature 4): pushes each stage's soft code use towards uniform",
