@@ -253,6 +253,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.codebook_size=16",
         ],
     ),
+    "rvq_mask_cb16_seed1": (
+        "rvq_mask_cb16 with another training seed",
+        [
+            *RVQ_MASK,
+            "--config.model.codebook_size=16",
+            "--config.train.seed=1",
+        ],
+    ),
     "rvq_mask_p4": (
         "rvq_mask with 4-pixel patches (16x16 tokens per frame, 4x the tokens): motion of a "
         "pixel or two falls inside one 8-pixel patch",
