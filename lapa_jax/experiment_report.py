@@ -270,55 +270,16 @@ def _scalars_side_by_side(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[
     }
 
 
-def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str) -> dict[str, Any]:
-    """Adds to `report` the (arm, k, seed) cells that `recorded` (the results.json of
-    another workdir of the same protocol) finished and this one did not: a run resumed in
-    a fresh workdir, its shared pretraining redone, reports every seed.
+def _merge_cpu_seconds(
+    out: dict[str, Any], recorded: dict[str, Any], already: set[str]
+) -> list[str]:
+    """Adds `recorded`'s CPU and wall seconds to `out` (in place), each job once.
 
-    A cell finished in both must agree. CPU seconds are the recorded ones plus this
-    workdir's new cells; this workdir's repeats of jobs the recorded run had already
-    done (datasets and pretraining of the arms it has) go to `repeated_cpu_seconds`, and
-    `pretraining_this_vs_recorded` puts the repeats' report values beside the recorded
-    ones (training on CPU is not bit-reproducible across runs)."""
-    mine = {k: v for k, v in report["config"].items() if k not in _FREE_KEYS}
-    theirs = {k: v for k, v in recorded["config"].items() if k not in _FREE_KEYS}
-    mine, theirs = json.loads(json.dumps(mine)), json.loads(json.dumps(theirs))
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if differ:
-        raise ValueError(f"{source} is not the same protocol: its config differs in {differ}")
-    if any(m["source"] == source for m in report.get("merged", [])):
-        raise ValueError(f"{source} is already merged into this report")
-    c = report["config"]
-    arms, ks, seeds = set(c["arms"]), {str(k) for k in c["demo_ks"]}, {str(s) for s in c["seeds"]}
-    out = json.loads(json.dumps(report))
-    mse_theirs = _recorded_mse_by_seed(recorded, source)
-    mse_mine = out["offline_action_mse_by_seed"]
-    added, already = [], set()
-    for arm, by_k in recorded["success"].items():
-        for k, by_seed in by_k.items():
-            for seed, per_task in by_seed.items():
-                if arm not in arms or k not in ks or seed not in seeds:
-                    continue
-                have = out["success"].get(arm, {}).get(k, {}).get(seed)
-                if have is not None:
-                    if have != per_task:
-                        raise ValueError(
-                            f"{source}: {arm} k={k} seed {seed} differs from this workdir's"
-                        )
-                    already.add(f"{arm}/{k}/{seed}")
-                    continue
-                out["success"].setdefault(arm, {}).setdefault(k, {})[seed] = per_task
-                mse = mse_theirs.get(arm, {}).get(k, {}).get(seed)
-                if mse is not None:
-                    mse_mine.setdefault(arm, {}).setdefault(k, {})[seed] = mse
-                added.append(f"{arm}/{k}/{seed}")
-    out["summary"] = _summarise(out["success"], list(c["tasks"]))
-    out["paired"] = paired_differences(out["success"], list(c["tasks"]))
-    out["offline_action_mse"] = _mse_lists(mse_mine)
-    # CPU: each job counts once. A record's totals are added; this workdir's jobs that
-    # repeat what the record did move to `repeated_cpu_seconds`, and so do the record's
-    # own jobs that repeat what an earlier merged record (or this workdir) already counts:
-    # every lost workdir redid the datasets and the pretraining of its arms.
+    A record's totals are added; this workdir's jobs that repeat what the record did move
+    to `repeated_cpu_seconds`, and so do the record's own jobs that repeat what an earlier
+    merged record (or this workdir) already counts: every lost workdir redid the datasets
+    and the pretraining of its arms. `already` holds the cells `out` had before the
+    merge. Returns the record's jobs that were moved."""
     recorded_cells = {
         f"{a}/{k}/{s}"
         for a, by_k in recorded["success"].items()
@@ -379,6 +340,55 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     out["cpu_seconds"], out["wall_seconds"] = cpu, wall
     out["repeated_cpu_seconds"], out["repeated_jobs"] = repeated, moved
     out["counted_jobs"], out["unnamed_arms"] = sorted(counted), sorted(unnamed_arms)
+    return theirs_moved
+
+
+def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str) -> dict[str, Any]:
+    """Adds to `report` the (arm, k, seed) cells that `recorded` (the results.json of
+    another workdir of the same protocol) finished and this one did not: a run resumed in
+    a fresh workdir, its shared pretraining redone, reports every seed.
+
+    A cell finished in both must agree. CPU seconds are the recorded ones plus this
+    workdir's new cells; this workdir's repeats of jobs the recorded run had already
+    done (datasets and pretraining of the arms it has) go to `repeated_cpu_seconds`, and
+    `pretraining_this_vs_recorded` puts the repeats' report values beside the recorded
+    ones (training on CPU is not bit-reproducible across runs)."""
+    mine = {k: v for k, v in report["config"].items() if k not in _FREE_KEYS}
+    theirs = {k: v for k, v in recorded["config"].items() if k not in _FREE_KEYS}
+    mine, theirs = json.loads(json.dumps(mine)), json.loads(json.dumps(theirs))
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"{source} is not the same protocol: its config differs in {differ}")
+    if any(m["source"] == source for m in report.get("merged", [])):
+        raise ValueError(f"{source} is already merged into this report")
+    c = report["config"]
+    arms, ks, seeds = set(c["arms"]), {str(k) for k in c["demo_ks"]}, {str(s) for s in c["seeds"]}
+    out = json.loads(json.dumps(report))
+    mse_theirs = _recorded_mse_by_seed(recorded, source)
+    mse_mine = out["offline_action_mse_by_seed"]
+    added, already = [], set()
+    for arm, by_k in recorded["success"].items():
+        for k, by_seed in by_k.items():
+            for seed, per_task in by_seed.items():
+                if arm not in arms or k not in ks or seed not in seeds:
+                    continue
+                have = out["success"].get(arm, {}).get(k, {}).get(seed)
+                if have is not None:
+                    if have != per_task:
+                        raise ValueError(
+                            f"{source}: {arm} k={k} seed {seed} differs from this workdir's"
+                        )
+                    already.add(f"{arm}/{k}/{seed}")
+                    continue
+                out["success"].setdefault(arm, {}).setdefault(k, {})[seed] = per_task
+                mse = mse_theirs.get(arm, {}).get(k, {}).get(seed)
+                if mse is not None:
+                    mse_mine.setdefault(arm, {}).setdefault(k, {})[seed] = mse
+                added.append(f"{arm}/{k}/{seed}")
+    out["summary"] = _summarise(out["success"], list(c["tasks"]))
+    out["paired"] = paired_differences(out["success"], list(c["tasks"]))
+    out["offline_action_mse"] = _mse_lists(mse_mine)
+    theirs_moved = _merge_cpu_seconds(out, recorded, already)
     for arm, names in recorded.get("untimed_jobs", {}).items():
         out["untimed_jobs"].setdefault(arm, []).extend(names)
     compared = {}
