@@ -11,6 +11,8 @@ linear probe of the summed action from its one-hot codes with:
   oracle latents' layout) of the latent and of the pixel difference, and of each one's
   ridge fit of the action: the ceiling for codes of that feature cut along the action's
   directions;
+- the same residual k-means of the latent and of the pixel difference's components after
+  whitening them (unit variance per principal component);
 - x_t alone, and x_t with the codes: an expert's action is largely a function of its
   state, so probes of motion features partly measure state.
 It writes one JSON. Every probe is the ridge regression of `lapa_jax.evaluate_laq`.
@@ -86,6 +88,19 @@ def top_components(x_tr: np.ndarray, x_te: np.ndarray, n: int) -> tuple[np.ndarr
     return (x_tr - mean) @ basis, (x_te - mean) @ basis
 
 
+def whiten(
+    x_tr: np.ndarray, x_te: np.ndarray, n: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top n principal components (all by default), each scaled to unit variance on
+    the train set: k-means then spends its codes on every direction alike, not mostly on
+    the few with the largest spread."""
+    n = n or x_tr.shape[1]
+    a, b = top_components(x_tr, x_te, n)
+    sd = a.std(0)
+    keep = sd > 1e-6 * sd.max()
+    return a[:, keep] / sd[keep], b[:, keep] / sd[keep]
+
+
 def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
     from lapa_jax import evaluate_laq as E
 
@@ -145,6 +160,11 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
     out["posthoc_codes_of_latent"] = posthoc(lat_tr, lat_te)
     out["posthoc_codes_of_pixel_difference_pcs"] = {
         str(n): posthoc(*top_components(diff_tr, diff_te, n)) for n in (4, 16, 64)
+    }
+    # Would a quantizer that whitens its input first (PCA, unit variance) keep more?
+    out["posthoc_codes_of_whitened_latent"] = posthoc(*whiten(lat_tr, lat_te))
+    out["posthoc_codes_of_whitened_pixel_difference_pcs"] = {
+        str(n): posthoc(*whiten(diff_tr, diff_te, n)) for n in (4, 16, 64)
     }
     scale = y_tr.std(0) + 1e-8
     out["posthoc_codes_of_true_action"] = posthoc(y_tr / scale, y_te / scale)

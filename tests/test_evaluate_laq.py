@@ -118,6 +118,21 @@ def test_product_kmeans_gives_one_token_per_dimension_group():
     assert np.all(r2 > 0.95)
 
 
+def test_whiten_decorrelates_to_unit_variance_and_drops_null_directions():
+    from benchmarks import laq_probe_ceiling as ceiling
+
+    rng = np.random.default_rng(2)
+    mix = np.array([[10.0, 0.0, 0.0], [3.0, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    x = rng.normal(size=(1000, 3)) @ mix
+    x = np.concatenate([x, 2 * x[:, :1]], 1)  # a fourth, dependent column: rank 3
+    a, b = ceiling.whiten(x[:800], x[800:])
+    assert a.shape == (800, 3) and b.shape == (200, 3)
+    np.testing.assert_allclose(np.cov(a, rowvar=False, bias=True), np.eye(3), atol=1e-6)
+    # The test rows go through the train set's map: near, not exactly, unit variance.
+    assert np.all(np.abs(b.std(0) - 1) < 0.2)
+    assert ceiling.whiten(x[:800], x[800:], n=2)[0].shape == (800, 2)
+
+
 def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
     from benchmarks import laq_probe_ceiling as ceiling
 
@@ -130,6 +145,8 @@ def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
     for key in ("codes", "latent_continuous", "frame_t", "codes_plus_frame_t", "pixel_difference"):
         assert out[key]["r2_xyz"] <= 1.0, key
     assert out["posthoc_codes_of_true_action"]["r2_xyz"] <= 1.0
+    assert out["posthoc_codes_of_whitened_latent"]["r2_xyz"] <= 1.0
+    assert sorted(out["posthoc_codes_of_whitened_pixel_difference_pcs"]) == ["16", "4", "64"]
     for key in ("latent_action_fit", "pixel_difference_action_fit", "true_action"):
         assert out[f"posthoc_product_codes_of_{key}"]["r2_xyz"] <= 1.0, key
     assert sorted(out["posthoc_product_codes_of_latent_pcs"]) == ["16", "4"]
