@@ -118,6 +118,9 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
         )
     )
     c.usage_ema_decay = 0.99
+    # > 0: after each step, every used code also moves towards the mean of the latents
+    # assigned to it by this fraction's complement (online k-means); 0: NSVQ's gradient only.
+    c.codebook_ema = 0.0
     c.collapse_alarm = ml_collections.ConfigDict(dict(min_perplexity=2.0, after_step=500))
 
     # The paper: Adam, lr 1e-4, betas (0.9, 0.99), grad clip 0.5.

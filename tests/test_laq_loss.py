@@ -175,3 +175,40 @@ def test_frame_difference_head_and_weight_must_agree(head, weight):
     c.model.diff_head_size, c.loss.diff_weight = head, weight
     with pytest.raises(ValueError, match=r"loss\.diff_weight"):
         LAQTask(c)
+
+
+def test_rvq_codebook_ema_moves_each_stage_towards_its_own_residuals():
+    c = laq_experiment.get_config("tiny")
+    c.model.quantizer = "rvq"
+    c.dead_code.enabled = False
+    c.codebook_ema = 0.5
+    task = LAQTask(c)
+    batch = _batch()
+    params, ts = task.init(jax.random.key(0), batch)
+    params = nn.meta.unbox(params)
+    _, (_, aux) = task.loss(params, ts, batch, jax.random.key(1), 0)
+    new_params, _, _ = task.after_update(params, ts, aux, jax.random.key(2), 0)
+    old_cb = np.asarray(params["quantizer"]["codebook"])
+    new_cb = np.asarray(new_params["quantizer"]["codebook"])
+    inputs = np.asarray(aux["quantizer_inputs"])  # [B, stages, D]
+    codes = np.asarray(aux["codes"])
+    moved = 0
+    for s in range(old_cb.shape[0]):
+        for k in range(old_cb.shape[1]):
+            mine = codes[:, s] == k
+            if mine.any():
+                want = 0.5 * old_cb[s, k] + 0.5 * inputs[mine, s].mean(0)
+                np.testing.assert_allclose(new_cb[s, k], want, rtol=1e-5, atol=1e-6)
+                moved += 1
+            else:
+                np.testing.assert_array_equal(new_cb[s, k], old_cb[s, k])
+    assert moved > 0
+
+
+@pytest.mark.parametrize("value, quantizer", [(1.0, "rvq"), (-0.1, "nsvq"), (0.5, "fsq")])
+def test_codebook_ema_rejects_bad_values(value, quantizer):
+    c = laq_experiment.get_config("tiny")
+    c.model.quantizer = quantizer
+    c.codebook_ema = value
+    with pytest.raises(ValueError, match="codebook_ema"):
+        LAQTask(c)

@@ -198,3 +198,18 @@ def test_residual_nsvq_stages_quantize_what_the_previous_left():
     )
     with pytest.raises(ValueError, match="one vector per sample"):
         m.apply(params, jnp.zeros((2, 2, 4)), train=False)
+
+
+def test_ema_codebook_update_moves_used_codes_towards_their_cluster_means():
+    codebook = jnp.array([[0.0, 0.0], [10.0, 10.0], [5.0, -5.0]])
+    latents = jnp.array([[1.0, 0.0], [3.0, 2.0], [9.0, 11.0]])
+    codes = jnp.array([0, 0, 1])
+    new = np.asarray(Q.ema_codebook_update(codebook, codes, latents, decay=0.75))
+    np.testing.assert_allclose(new[0], 0.75 * np.zeros(2) + 0.25 * np.array([2.0, 1.0]))
+    np.testing.assert_allclose(new[1], 0.75 * np.array([10.0, 10.0]) + 0.25 * np.array([9.0, 11.0]))
+    np.testing.assert_array_equal(new[2], np.asarray(codebook[2]))  # unused: untouched
+    # Repeated on the same assignment it converges to the means (k-means' update).
+    cb = codebook
+    for _ in range(200):
+        cb = Q.ema_codebook_update(cb, codes, latents, decay=0.9)
+    np.testing.assert_allclose(np.asarray(cb)[:2], [[2.0, 1.0], [9.0, 11.0]], atol=1e-5)

@@ -290,3 +290,23 @@ def replace_dead_codes(
         "last_replaced": jnp.where(window_done, n_replaced, usage["last_replaced"]),
     }
     return new_codebook, new_usage
+
+
+def ema_codebook_update(
+    codebook_KD: jax.Array, codes_N: jax.Array, latents_ND: jax.Array, decay: float
+) -> jax.Array:
+    """One online k-means step: each code used in this batch moves towards the mean of the
+    latents assigned to it, by (1 - decay); unused codes stay (dead-code replacement is
+    their remedy).
+
+    Why (issue 8): post-hoc k-means of a trained quantizer's own latent can probe better
+    than its codes (0.67 against 0.54 for one rvq_mask run), so the codebook that the
+    gradient of NSVQ's noise length moves lags the clusters of its inputs.
+    """
+    num_codes = codebook_KD.shape[0]
+    onehot_NK = jax.nn.one_hot(codes_N.reshape(-1), num_codes, dtype=jnp.float32)
+    counts_K = onehot_NK.sum(0)
+    sums_KD = onehot_NK.T @ latents_ND.astype(jnp.float32)
+    means_KD = sums_KD / jnp.maximum(counts_K, 1.0)[:, None]
+    moved = decay * codebook_KD + (1.0 - decay) * means_KD.astype(codebook_KD.dtype)
+    return jnp.where((counts_K > 0)[:, None], moved, codebook_KD)

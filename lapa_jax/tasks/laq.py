@@ -137,6 +137,11 @@ class LAQTask(Task):
             raise ValueError(
                 "loss.usage_entropy_weight needs an NSVQ quantizer (FSQ has no logits)"
             )
+        self.codebook_ema = float(config.get("codebook_ema", 0.0))
+        if not 0.0 <= self.codebook_ema < 1.0:
+            raise ValueError(f"codebook_ema must be in [0, 1), got {self.codebook_ema}")
+        if self.codebook_ema > 0 and self.model_cfg.quantizer == "fsq":
+            raise ValueError("codebook_ema needs an NSVQ quantizer (FSQ has no codebook)")
         self.model = LAQ(self.model_cfg)
         self._recon_fn = None
 
@@ -242,6 +247,8 @@ class LAQTask(Task):
         code_ema = jnp.where(
             step == 0, counts_LK, decay * task_state["code_ema"] + (1 - decay) * counts_LK
         )
+        if self.codebook_ema > 0:
+            params = self._ema_codebook(params, aux)
         usage = task_state["usage"]
         dc = cfg.dead_code
         if self.model_cfg.quantizer != "fsq" and dc.enabled:
@@ -288,6 +295,17 @@ class LAQTask(Task):
             "dead_codes_replaced_total": usage["replaced_total"].sum().astype(jnp.float32),
         }
         return params, {"usage": usage, "code_ema": code_ema}, metrics
+
+    def _ema_codebook(self, params: Any, aux: dict[str, jax.Array]) -> Any:
+        """Moves each stage's (or the shared) codebook towards its inputs' cluster means."""
+        codebook = params["quantizer"]["codebook"]
+        inputs_BLD = aux["quantizer_inputs"]
+        step = functools.partial(quantizers.ema_codebook_update, decay=self.codebook_ema)
+        if self.model_cfg.quantizer == "rvq":  # stage s from stage s's residuals
+            new = jax.vmap(step)(codebook, aux["codes"].T, inputs_BLD.transpose(1, 0, 2))
+        else:
+            new = step(codebook, aux["codes"], inputs_BLD.reshape(-1, inputs_BLD.shape[-1]))
+        return {**params, "quantizer": {**params["quantizer"], "codebook": new}}
 
     # ---- data ----------------------------------------------------------------------
 
