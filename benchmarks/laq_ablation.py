@@ -253,6 +253,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.codebook_size=16",
         ],
     ),
+    "rvq_mask_ema": (
+        "rvq_mask whose codebooks also follow their inputs' cluster means (online k-means, "
+        "decay 0.99): post-hoc k-means of rvq_mask's latent probes above its own codes",
+        [*RVQ_MASK, "--config.codebook_ema=0.99"],
+    ),
+    "rvq_mask_ema_seed1": (
+        "rvq_mask_ema with another training seed",
+        [*RVQ_MASK, "--config.codebook_ema=0.99", "--config.train.seed=1"],
+    ),
     "rvq_mask_cb16_seed1": (
         "rvq_mask_cb16 with another training seed",
         [
