@@ -70,19 +70,25 @@ def test_usage_entropy_needs_nsvq():
         LAQTask(c)
 
 
-def test_rvq_dead_codes_are_replaced_per_stage_from_that_stage_residuals():
-    """Stage s's starved codes are re-seeded from stage s's own inputs (its residuals),
-    not from another stage's, and each stage keeps its own usage record."""
-    c = laq_experiment.get_config("tiny")
+def _rvq_one_update(c):
+    """One loss and after_update of a tiny rvq task: (params, task state, aux, and the
+    updated params, task state and metrics)."""
     c.model.quantizer = "rvq"
-    c.dead_code.update(dict(source="latents", window=1, threshold=0.5, perturb=0.0))
     task = LAQTask(c)
     batch = _batch()
     params, ts = task.init(jax.random.key(0), batch)
     params = nn.meta.unbox(params)
-    assert ts["usage"]["batches_used"].shape == (4, 8)
     _, (_, aux) = task.loss(params, ts, batch, jax.random.key(1), 0)
-    new_params, new_ts, metrics = task.after_update(params, ts, aux, jax.random.key(2), 0)
+    return params, ts, aux, *task.after_update(params, ts, aux, jax.random.key(2), 0)
+
+
+def test_rvq_dead_codes_are_replaced_per_stage_from_that_stage_residuals():
+    """Stage s's starved codes are re-seeded from stage s's own inputs (its residuals),
+    not from another stage's, and each stage keeps its own usage record."""
+    c = laq_experiment.get_config("tiny")
+    c.dead_code.update(dict(source="latents", window=1, threshold=0.5, perturb=0.0))
+    params, ts, aux, new_params, new_ts, metrics = _rvq_one_update(c)
+    assert ts["usage"]["batches_used"].shape == (4, 8)
     old_cb = np.asarray(params["quantizer"]["codebook"])
     new_cb = np.asarray(new_params["quantizer"]["codebook"])
     inputs = np.asarray(aux["quantizer_inputs"])  # [B, stages, D]
@@ -179,15 +185,9 @@ def test_frame_difference_head_and_weight_must_agree(head, weight):
 
 def test_rvq_codebook_ema_moves_each_stage_towards_its_own_residuals():
     c = laq_experiment.get_config("tiny")
-    c.model.quantizer = "rvq"
     c.dead_code.enabled = False
     c.codebook_ema = 0.5
-    task = LAQTask(c)
-    batch = _batch()
-    params, ts = task.init(jax.random.key(0), batch)
-    params = nn.meta.unbox(params)
-    _, (_, aux) = task.loss(params, ts, batch, jax.random.key(1), 0)
-    new_params, _, _ = task.after_update(params, ts, aux, jax.random.key(2), 0)
+    params, _, aux, new_params, _, _ = _rvq_one_update(c)
     old_cb = np.asarray(params["quantizer"]["codebook"])
     new_cb = np.asarray(new_params["quantizer"]["codebook"])
     inputs = np.asarray(aux["quantizer_inputs"])  # [B, stages, D]
