@@ -239,6 +239,22 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
 # how many rendering processes did it (the episodes do not depend on that).
 _FREE_KEYS = ("arms", "seeds", "demo_ks", "workers")
 
+# Keys a protocol gained after some of its records were written, each with the value
+# those records ran with (the default of its config file then): a record without one
+# is the same protocol as a config that pins it to that value.
+_ADDED_KEYS: dict[tuple[str, ...], Any] = {("laq", "overrides", "codebook_ema"): 0.0}
+
+
+def _protocol(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of an experiment config that two merged workdirs must share."""
+    out = json.loads(json.dumps({k: v for k, v in config.items() if k not in _FREE_KEYS}))
+    for path, value in _ADDED_KEYS.items():
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node.setdefault(path[-1], value)
+    return out
+
 
 def _recorded_mse_by_seed(recorded: dict[str, Any], source: str) -> dict[str, Any]:
     """Per seed from a report that has it; from an older report's per-(arm, k) lists when
@@ -353,9 +369,7 @@ def merge_recorded(report: dict[str, Any], recorded: dict[str, Any], source: str
     done (datasets and pretraining of the arms it has) go to `repeated_cpu_seconds`, and
     `pretraining_this_vs_recorded` puts the repeats' report values beside the recorded
     ones (training on CPU is not bit-reproducible across runs)."""
-    mine = {k: v for k, v in report["config"].items() if k not in _FREE_KEYS}
-    theirs = {k: v for k, v in recorded["config"].items() if k not in _FREE_KEYS}
-    mine, theirs = json.loads(json.dumps(mine)), json.loads(json.dumps(theirs))
+    mine, theirs = _protocol(report["config"]), _protocol(recorded["config"])
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"{source} is not the same protocol: its config differs in {differ}")

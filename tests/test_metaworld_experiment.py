@@ -361,6 +361,15 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     old["offline_action_mse"] = {"scratch": {"1": [0.1]}}
     with pytest.raises(ValueError, match="1 action errors for scratch at k=1 but 2"):
         experiment_report.merge_recorded(mine, old, "old")
+    # A record from before the protocol pinned the quantizer's codebook_ema ran with the
+    # default of then, 0: the same protocol as a pin to 0, not as one to 0.99.
+    pinned = json.loads(json.dumps(mine))
+    pinned["config"]["laq"]["overrides"]["codebook_ema"] = 0.0
+    assert "codebook_ema" not in recorded["config"]["laq"]["overrides"]
+    assert experiment_report.merge_recorded(pinned, recorded, "a")["summary"] == merged["summary"]
+    pinned["config"]["laq"]["overrides"]["codebook_ema"] = 0.99
+    with pytest.raises(ValueError, match="differs in \\['laq'\\]"):
+        experiment_report.merge_recorded(pinned, recorded, "a")
 
 
 def test_dry_run_lists_every_job(tmp_path):
