@@ -49,6 +49,7 @@ NO_MASK = ["--config.model.decoder_mask_ratio=0.0"]
 DEFAULT_RVQ = ["--config=experiments/laq.py:metaworld", *RVQ, *NO_MASK]
 # rvq_mask, the default since: spelled out, so its rows stay put if the default moves on.
 RVQ_MASK = ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.decoder_mask_ratio=0.5"]
+RVQ_MASK_EMA = [*RVQ_MASK, "--config.codebook_ema=0.99"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "faithful": ("the paper's recipe (small model)", FAITHFUL),
@@ -256,11 +257,24 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "rvq_mask_ema": (
         "rvq_mask whose codebooks also follow their inputs' cluster means (online k-means, "
         "decay 0.99): post-hoc k-means of rvq_mask's latent probes above its own codes",
-        [*RVQ_MASK, "--config.codebook_ema=0.99"],
+        RVQ_MASK_EMA,
     ),
     "rvq_mask_ema_seed1": (
         "rvq_mask_ema with another training seed",
-        [*RVQ_MASK, "--config.codebook_ema=0.99", "--config.train.seed=1"],
+        [*RVQ_MASK_EMA, "--config.train.seed=1"],
+    ),
+    "rvq_mask_ema_nonorm": (
+        "rvq_mask_ema without the unit-sphere latent: with the codebooks following their "
+        "clusters, the latent's length is free to carry how far the arm moves",
+        [*RVQ_MASK_EMA, "--config.model.latent_norm=False"],
+    ),
+    "rvq_mask_ema_cb16": (
+        "rvq_mask_ema with 16 codes per stage (cb16 lifted rvq_mask's gripper probe)",
+        [*RVQ_MASK_EMA, "--config.model.codebook_size=16"],
+    ),
+    "rvq_mask_ema_gap8": (
+        "rvq_mask_ema with frame gap 8 (16 simulator steps): more motion per pair",
+        [*RVQ_MASK_EMA, "--config.data.frame_gap=8"],
     ),
     "rvq_mask_cb16_seed1": (
         "rvq_mask_cb16 with another training seed",
