@@ -46,10 +46,15 @@ FSQ = ["--config.model.quantizer=fsq", "--config.dead_code.enabled=False"]
 # The metaworld defaults before the decoder hid half of its x_t patches: pinned, so the
 # rows measured on them keep meaning what they measured.
 NO_MASK = ["--config.model.decoder_mask_ratio=0.0"]
-DEFAULT_RVQ = ["--config=experiments/laq.py:metaworld", *RVQ, *NO_MASK]
-# rvq_mask, the default since: spelled out, so its rows stay put if the default moves on.
-RVQ_MASK = ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.decoder_mask_ratio=0.5"]
-RVQ_MASK_EMA = [*RVQ_MASK, "--config.codebook_ema=0.99"]
+# ... and before its codebooks followed their clusters (codebook_ema, rvq_mask_ema).
+NO_EMA = ["--config.codebook_ema=0.0"]
+METAWORLD = ["--config=experiments/laq.py:metaworld", *NO_EMA]
+DEFAULT_RVQ = [*METAWORLD, *RVQ, *NO_MASK]
+# rvq_mask and rvq_mask_ema, defaults in turn: spelled out, so their rows stay put if the
+# default moves on.
+_MASK = ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.decoder_mask_ratio=0.5"]
+RVQ_MASK = [*_MASK, *NO_EMA]
+RVQ_MASK_EMA = [*_MASK, "--config.codebook_ema=0.99"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "faithful": ("the paper's recipe (small model)", FAITHFUL),
@@ -104,7 +109,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "metaworld_default": (
         "the previous metaworld default (= flow_lr_gap4_norm: one codebook, conv pooling)",
-        ["--config=experiments/laq.py:metaworld", "--config.model.quantizer=nsvq", *NO_MASK],
+        [*METAWORLD, "--config.model.quantizer=nsvq", *NO_MASK],
     ),
     "flow_lr_gap4_fsq": (
         "flow_lr_gap4 with FSQ (2,2,2) instead of NSVQ",
@@ -190,11 +195,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "rvq_mask75": (
         "rvq_mask with three quarters of the x_t patches hidden",
-        [
-            "--config=experiments/laq.py:metaworld",
-            *RVQ,
-            "--config.model.decoder_mask_ratio=0.75",
-        ],
+        [*METAWORLD, *RVQ, "--config.model.decoder_mask_ratio=0.75"],
     ),
     "rvq_mask_entropy": (
         "rvq_mask + the usage-entropy regulariser (weight 0.1, temperature 4), for the "
@@ -271,6 +272,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "rvq_mask_ema_cb16": (
         "rvq_mask_ema with 16 codes per stage (cb16 lifted rvq_mask's gripper probe)",
         [*RVQ_MASK_EMA, "--config.model.codebook_size=16"],
+    ),
+    "rvq_mask_ema_cb16_seed1": (
+        "rvq_mask_ema_cb16 with another training seed",
+        [*RVQ_MASK_EMA, "--config.model.codebook_size=16", "--config.train.seed=1"],
     ),
     "rvq_mask_ema_gap8": (
         "rvq_mask_ema with frame gap 8 (16 simulator steps): more motion per pair",
