@@ -246,7 +246,10 @@ _ADDED_KEYS: dict[tuple[str, ...], Any] = {("laq", "overrides", "codebook_ema"):
 
 
 def _protocol(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of an experiment config that two merged workdirs must share."""
+    """The part of an experiment config that two merged workdirs must share. It is the
+    experiment's config, not the stage configs it resolves to: a stage file's default
+    that changes between two runs is not seen here, so variants whose records are
+    merged pin what they ran with (the `full` variant's laq overrides)."""
     out = json.loads(json.dumps({k: v for k, v in config.items() if k not in _FREE_KEYS}))
     for path, value in _ADDED_KEYS.items():
         node = out
