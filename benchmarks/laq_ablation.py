@@ -48,11 +48,12 @@ FSQ = ["--config.model.quantizer=fsq", "--config.dead_code.enabled=False"]
 NO_MASK = ["--config.model.decoder_mask_ratio=0.0"]
 # ... and before its codebooks followed their clusters (codebook_ema, rvq_mask_ema).
 NO_EMA = ["--config.codebook_ema=0.0"]
-METAWORLD = ["--config=experiments/laq.py:metaworld", *NO_EMA]
+_METAWORLD_FILE = ["--config=experiments/laq.py:metaworld"]
+METAWORLD = [*_METAWORLD_FILE, *NO_EMA]
 DEFAULT_RVQ = [*METAWORLD, *RVQ, *NO_MASK]
 # rvq_mask and rvq_mask_ema, defaults in turn: spelled out, so their rows stay put if the
 # default moves on.
-_MASK = ["--config=experiments/laq.py:metaworld", *RVQ, "--config.model.decoder_mask_ratio=0.5"]
+_MASK = [*_METAWORLD_FILE, *RVQ, "--config.model.decoder_mask_ratio=0.5"]
 RVQ_MASK = [*_MASK, *NO_EMA]
 RVQ_MASK_EMA = [*_MASK, "--config.codebook_ema=0.99"]
 
