@@ -152,3 +152,34 @@ def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
     assert sorted(out["posthoc_product_codes_of_latent_pcs"]) == ["16", "4"]
     with open(tmp_path / "c.json") as f:
         assert json.load(f)["codes"] == out["codes"]
+
+
+def test_dual_ridge_matches_the_primal_one_with_fewer_or_more_features_than_pairs():
+    from benchmarks import laq_encoder_probe as encoder_probe
+
+    rng = np.random.default_rng(3)
+    for dims in (5, 300):
+        x = rng.normal(size=(200, dims)) * rng.uniform(0.5, 3.0, size=dims)
+        y = x[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(200, 2)) + 4.0
+        primal = evaluate_laq.ridge_r2(x[:150], y[:150], x[150:], y[150:])
+        dual = encoder_probe.ridge_r2_dual(x[:150], y[:150], x[150:], y[150:])
+        np.testing.assert_allclose(dual, primal, atol=1e-6)
+
+
+def test_encoder_probe_report_on_a_tiny_run(full_run, tmp_path):
+    from benchmarks import laq_encoder_probe as encoder_probe
+
+    workdir, _ = full_run
+    out = encoder_probe.main(
+        ["--workdir", workdir, "--max_pairs", "40", "--out", str(tmp_path / "e.json")]
+    )
+    probes = out["probes"]
+    for stage in ("patch_embed", "spatial_0", "temporal_0", "ln_final", "to_latent"):
+        assert f"{stage}/grid" in probes and f"{stage}/pool4" in probes, stage
+    # The tiny model: a 4x4 grid of width 32, 4 latent tokens of 8 dimensions.
+    assert probes["ln_final/grid"]["dims"] == 4 * 4 * 32
+    assert probes["latent"]["dims"] == probes["latent_unit"]["dims"] == 4 * 8
+    assert probes["conv_reduce_top8_components"]["dims"] == 8
+    assert all(p["r2_xyz"] <= 1.0 for p in probes.values())
+    with open(tmp_path / "e.json") as f:
+        assert json.load(f)["probes"] == probes
