@@ -282,6 +282,41 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "rvq_mask_ema with frame gap 8 (16 simulator steps): more motion per pair",
         [*RVQ_MASK_EMA, "--config.data.frame_gap=8"],
     ),
+    "rvq_mask_ema_cos": (
+        "rvq_mask_ema with the learning rate decayed on a cosine to a tenth by the last step "
+        "(the probe stops rising at a constant 3e-4)",
+        [
+            *RVQ_MASK_EMA,
+            "--config.optimizer.schedule=cosine",
+            "--config.optimizer.final_lr_fraction=0.1",
+        ],
+    ),
+    "rvq_mask_ema_t16": (
+        "rvq_mask_ema with 16 tokens per action (16 residual stages of 8 codes, the conv "
+        "pooling 4x4): the encoder's features before the merge probe at 0.83 / 0.75, its "
+        "12-bit latent at 0.75 / 0.47 (benchmarks/laq_encoder_probe.py)",
+        [*RVQ_MASK_EMA, "--config.model.num_latent_tokens=16"],
+    ),
+    "rvq_mask_ema_t16_d64": (
+        "rvq_mask_ema_t16 with a 64-dimensional latent: its codes probe as its 32-d latent "
+        "does (0.72 / 0.50 against 0.74 / 0.44) while the 512 conv features before the merge "
+        "probe at 0.86 / 0.89 (their top 32 components at 0.77 / 0.42): the latent's width "
+        "narrows what the codes can carry",
+        [
+            *RVQ_MASK_EMA,
+            "--config.model.num_latent_tokens=16",
+            "--config.model.latent_dim=64",
+        ],
+    ),
+    "rvq_mask_ema_t16_d128": (
+        "rvq_mask_ema_t16 with a 128-dimensional latent: does widening the merge go on "
+        "lifting the codes (d64: 0.741 against 0.715)?",
+        [
+            *RVQ_MASK_EMA,
+            "--config.model.num_latent_tokens=16",
+            "--config.model.latent_dim=128",
+        ],
+    ),
     "rvq_mask_cb16_seed1": (
         "rvq_mask_cb16 with another training seed",
         [
@@ -527,7 +562,9 @@ def main() -> None:
                 print(f"{name}: already in the table, skipping")
                 continue
             previous = rows.get(name) if args.extend else None
-            rows[name] = run_variant(name, args.steps, args.extra, eval_steps, previous)
+            row = run_variant(name, args.steps, args.extra, eval_steps, previous)
+            # A run takes many minutes: re-read the table so rows written meanwhile stay.
+            rows = {**load_rows(), name: row}
             save(rows)
     save(rows)
     print(markdown_table(rows))
