@@ -317,6 +317,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "--config.model.latent_dim=128",
         ],
     ),
+    "rvq_mask_ema_t16_d128_seed1": (
+        "rvq_mask_ema_t16_d128 with another training seed",
+        [
+            *RVQ_MASK_EMA,
+            "--config.model.num_latent_tokens=16",
+            "--config.model.latent_dim=128",
+            "--config.train.seed=1",
+        ],
+    ),
     "rvq_mask_cb16_seed1": (
         "rvq_mask_cb16 with another training seed",
         [
