@@ -13,8 +13,8 @@ frame difference of the encoder's features after each of its stages:
 and, as a control for the probes' width, the conv features cut to the latent's width by
 their top principal components. Per-patch stages are probed as the difference
 e(x_{t+H}) - e(x_t) over the full patch grid and average-pooled to a 4x4 grid. Every
-probe is the ridge regression of `lapa_jax.evaluate_laq` (solved in its dual form where
-features outnumber pairs). It writes one JSON.
+probe is the ridge regression of `lapa_jax.evaluate_laq` (which solves it in its dual
+form where features outnumber pairs). It writes one JSON.
 
     python benchmarks/laq_encoder_probe.py --workdir runs/ablation/rvq_mask_ema --step 3600
 """
@@ -31,22 +31,6 @@ import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def ridge_r2_dual(
-    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, lam: float = 1e-2
-) -> np.ndarray:
-    """`evaluate_laq.ridge_r2` for many features: the same standardised ridge with a free
-    intercept, solved through the N x N kernel (the train features are centred, so the
-    intercept is the train mean of y)."""
-    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
-    a, b = (x_tr - mu) / sd, (x_te - mu) / sd
-    y_mean = y_tr.mean(0)
-    gram = a @ a.T + lam * len(a) * np.eye(len(a))
-    pred = b @ (a.T @ np.linalg.solve(gram, y_tr - y_mean)) + y_mean
-    ss_res = ((y_te - pred) ** 2).sum(0)
-    ss_tot = ((y_te - y_te.mean(0)) ** 2).sum(0) + 1e-12
-    return 1.0 - ss_res / ss_tot
 
 
 def frame_differences(intermediates: dict[str, Any], b: int, grid: int) -> dict[str, np.ndarray]:
@@ -83,13 +67,11 @@ def pool_grid(x_BGGF: np.ndarray, side: int) -> np.ndarray:
 
 
 def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
+    from benchmarks.laq_probe_ceiling import HeldOutPairs
     from lapa_jax import evaluate_laq as E
 
-    ev = E.Evaluator(workdir, step=step)
-    te = ev.collect(ev.config.data.get("eval_split", "val"), max_pairs)
-    tr = ev.collect(ev.config.data.split, max_pairs, seed=1)
-    if "actions" not in te:
-        raise ValueError(f"{workdir}: its dataset has no actions to probe")
+    pairs = HeldOutPairs(workdir, step, max_pairs)
+    ev, tr, te = pairs.ev, pairs.tr, pairs.te
     model, grid = ev.model, ev.model.cfg.grid
 
     @jax.jit
@@ -128,9 +110,6 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
         feats["pixel_difference_full"] = diff.reshape(len(diff), -1)
         return feats
 
-    y_tr, y_te = ((d["actions"] * d["mask"][..., None]).sum(1) for d in (tr, te))
-    gripper = ev.task.frame_pair_source("val").source.spec.gripper_index
-    motion = [i for i in range(min(3, y_tr.shape[1])) if i != gripper]
     f_tr, f_te = features(tr), features(te)
     # A control for the probes' width: the conv features cut to the latent's width by
     # their top principal components (fitted on the train pairs, no action used).
@@ -143,16 +122,15 @@ def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "workdir": workdir,
         "checkpoint_step": ev.step,
-        "train_pairs": len(y_tr),
-        "test_pairs": len(y_te),
+        "train_pairs": len(pairs.y_tr),
+        "test_pairs": len(pairs.y_te),
         "probes": {},
     }
     for name in f_tr:
-        r2 = ridge_r2_dual(f_tr[name], y_tr, f_te[name], y_te)
+        r2 = pairs.r2(f_tr[name], f_te[name])
         out["probes"][name] = {
             "dims": int(f_tr[name].shape[1]),
-            "r2_xyz": round(float(np.mean(r2[motion])), 4),
-            "r2_gripper": None if gripper is None else round(float(r2[gripper]), 4),
+            **pairs.summary(r2),
             "r2_per_dim": [round(float(v), 4) for v in r2],
         }
         print(f"{name:32s} {out['probes'][name]}", flush=True)

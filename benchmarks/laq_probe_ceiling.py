@@ -101,25 +101,46 @@ def whiten(
     return a[:, keep] / sd[keep], b[:, keep] / sd[keep]
 
 
+class HeldOutPairs:
+    """A trained quantizer's train and held-out pairs as `evaluate_laq` draws them, with
+    the summed action over the gap as the probes' target."""
+
+    def __init__(self, workdir: str, step: int | None, max_pairs: int):
+        from lapa_jax import evaluate_laq as E
+
+        self.ev = ev = E.Evaluator(workdir, step=step)
+        self.te = ev.collect(ev.config.data.get("eval_split", "val"), max_pairs)
+        self.tr = ev.collect(ev.config.data.split, max_pairs, seed=1)
+        if "actions" not in self.te:
+            raise ValueError(f"{workdir}: its dataset has no actions to probe")
+        self.y_tr, self.y_te = (
+            (d["actions"] * d["mask"][..., None]).sum(1) for d in (self.tr, self.te)
+        )
+        self.gripper = ev.task.frame_pair_source("val").source.spec.gripper_index
+        self.motion = [i for i in range(min(3, self.y_tr.shape[1])) if i != self.gripper]
+
+    def r2(self, f_tr: np.ndarray, f_te: np.ndarray) -> np.ndarray:
+        from lapa_jax import evaluate_laq as E
+
+        return E.ridge_r2(f_tr, self.y_tr, f_te, self.y_te)
+
+    def probe(self, f_tr: np.ndarray, f_te: np.ndarray) -> dict[str, float | None]:
+        return self.summary(self.r2(f_tr, f_te))
+
+    def summary(self, r2: np.ndarray) -> dict[str, float | None]:
+        return {
+            "r2_xyz": round(float(np.mean(r2[self.motion])), 4),
+            "r2_gripper": None if self.gripper is None else round(float(r2[self.gripper]), 4),
+        }
+
+
 def analyse(workdir: str, step: int | None, max_pairs: int) -> dict[str, Any]:
     from lapa_jax import evaluate_laq as E
 
-    ev = E.Evaluator(workdir, step=step)
-    te = ev.collect(ev.config.data.get("eval_split", "val"), max_pairs)
-    tr = ev.collect(ev.config.data.split, max_pairs, seed=1)
-    if "actions" not in te:
-        raise ValueError(f"{workdir}: its dataset has no actions to probe")
+    pairs = HeldOutPairs(workdir, step, max_pairs)
+    ev, tr, te, y_tr, y_te = pairs.ev, pairs.tr, pairs.te, pairs.y_tr, pairs.y_te
     k = ev.model.cfg.num_codes
-    y_tr, y_te = ((d["actions"] * d["mask"][..., None]).sum(1) for d in (tr, te))
-    gripper = ev.task.frame_pair_source("val").source.spec.gripper_index
-    motion = [i for i in range(min(3, y_tr.shape[1])) if i != gripper]
-
-    def probe(f_tr: np.ndarray, f_te: np.ndarray) -> dict[str, float | None]:
-        r2 = E.ridge_r2(f_tr, y_tr, f_te, y_te)
-        return {
-            "r2_xyz": round(float(np.mean(r2[motion])), 4),
-            "r2_gripper": None if gripper is None else round(float(r2[gripper]), 4),
-        }
+    probe = pairs.probe
 
     def codes_probe(c_tr: np.ndarray, c_te: np.ndarray) -> dict[str, float | None]:
         return probe(E.onehot_codes(c_tr, k), E.onehot_codes(c_te, k))

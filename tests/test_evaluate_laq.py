@@ -155,14 +155,12 @@ def test_probe_ceiling_report_on_a_tiny_run(full_run, tmp_path):
 
 
 def test_dual_ridge_matches_the_primal_one_with_fewer_or_more_features_than_pairs():
-    from benchmarks import laq_encoder_probe as encoder_probe
-
     rng = np.random.default_rng(3)
     for dims in (5, 300):
         x = rng.normal(size=(200, dims)) * rng.uniform(0.5, 3.0, size=dims)
         y = x[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(200, 2)) + 4.0
-        primal = evaluate_laq.ridge_r2(x[:150], y[:150], x[150:], y[150:])
-        dual = encoder_probe.ridge_r2_dual(x[:150], y[:150], x[150:], y[150:])
+        primal = evaluate_laq.ridge_predict(x[:150], y[:150], x[150:], dual=False)
+        dual = evaluate_laq.ridge_predict(x[:150], y[:150], x[150:], dual=True)
         np.testing.assert_allclose(dual, primal, atol=1e-6)
 
 
