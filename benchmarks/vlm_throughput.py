@@ -54,6 +54,8 @@ def bench(variant: str, batch: int, steps: int, dtype: str = "") -> dict[str, An
     c.data.tokenizer = ""
     if not c.model.vocab_size:
         c.model.vocab_size = 512
+    if not c.model.num_latent_tokens:  # "from the labels": the paper's layout here
+        c.model.num_latent_tokens, c.model.latent_codes = 4, 8
     c.train.batch_size = batch
     if dtype:
         c.model.dtype = dtype

@@ -51,6 +51,7 @@ from lapa_jax.data import specs as specs_lib
 from lapa_jax.data.pipelines import square_image
 from lapa_jax.data.rlds_records import EpisodeReader, RecordWriter
 from lapa_jax.data.sources import (
+    LABELS_FILE,
     DataError,
     _get_path,
     check_steps_spec,
@@ -63,7 +64,6 @@ LABEL_KEY = "latent_action"
 GAP_KEY = "latent_action_gap"
 VECTOR_KEY = "latent_action_vector"
 JOB_FILE = "lapa_labelling_job.json"
-LABELS_FILE = "lapa_labels.json"
 SPEC_FILE = "lapa_spec.json"
 CHUNK_DIR = ".lapa_chunks"
 FILE_FORMATS = rlds_writer.FILE_FORMATS

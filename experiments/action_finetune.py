@@ -30,6 +30,10 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown action_finetune variant {variant!r}; choose one of {VARIANTS}")
     c = latent_pretrain.get_config(variant)
     c.task = "action_finetune"
+    # The action head sets the positions (binned: one per action dimension, with its
+    # bins as codes; chunked: one per future step), not the latent labels' layout.
+    c.model.num_latent_tokens = 4
+    c.model.latent_codes = 8
     c.data.dir = "data/metaworld"
     c.data.spec = "metaworld"
     # An npz of per-episode actions (data_pipelines.label_idm_actions) used in place of

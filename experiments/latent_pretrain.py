@@ -98,6 +98,12 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     common.add_mesh(c)
 
+    if variant == "metaworld":
+        # 0: the layout of the labels trained on (data_pipelines.label_latent_actions
+        # records its quantizer's tokens and codes; an oracle npz its bins), so this
+        # follows whatever quantizer labelled the data (lapa_jax.tasks.latent_pretrain).
+        c.model.num_latent_tokens = 0
+        c.model.latent_codes = 0
     if variant == "tiny":
         c.data.image_size = 16
         c.model.update(

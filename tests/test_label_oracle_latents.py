@@ -71,6 +71,11 @@ def test_latent_pretraining_reads_the_codes_from_the_npz(metaworld_dir, oracle_n
     c.data.latent_labels = ""
     with pytest.raises(DataError, match="no latent_action_key"):
         LatentPretrainTask(c).step_source("train")
+    # With the layout left to the labels, it is the npz's: 4 dimensions of 8 bins.
+    c.data.latent_labels = oracle_npz
+    c.model.num_latent_tokens = c.model.latent_codes = 0
+    cfg = LatentPretrainTask(c).model_cfg
+    assert (cfg.num_latent_tokens, cfg.latent_codes) == (4, labels.meta["codes"]) == (4, 8)
 
 
 def test_bad_latent_labels_are_refused(tmp_path):

@@ -3,7 +3,9 @@ latent-labelled dataset, sharding equivalence and the large configs by shape."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -234,3 +236,40 @@ def test_bad_data_and_config(labelled_dir, tokenizer_path, metaworld_dir):
     c.model.num_kv_heads = 3
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         LatentPretrainTask(c)
+
+
+def test_latent_layout_comes_from_the_labels(labelled_dir, tokenizer_path, tmp_path):
+    """num_latent_tokens = 0 (the metaworld config's): stage 2 takes the layout that the
+    labelling quantizer recorded, and refuses labels that do not fit it or a dataset
+    without the record."""
+    from lapa_jax.data.sources import DataError
+
+    c = tiny_config(labelled_dir, tokenizer_path)
+    c.model.num_latent_tokens = c.model.latent_codes = 0
+    task = LatentPretrainTask(c)
+    with open(os.path.join(labelled_dir, "lapa_labels.json")) as f:
+        q = json.load(f)["quantizer"]
+    layout = (task.model_cfg.num_latent_tokens, task.model_cfg.latent_codes)
+    assert layout == (q["num_latent_tokens"], q["num_codes"]) == (4, 8)
+    assert task.step_source("train")[0]["latent"].shape == (4,)
+
+    copy = str(tmp_path / "ds")
+    shutil.copytree(labelled_dir, copy)
+    record = os.path.join(copy, "lapa_labels.json")
+    with open(record) as f:
+        labels = json.load(f)
+    labels["quantizer"].update(num_latent_tokens=16, num_codes=12)
+    with open(record, "w") as f:
+        json.dump(labels, f)
+    c = tiny_config(copy, tokenizer_path)
+    c.model.num_latent_tokens = c.model.latent_codes = 0
+    task = LatentPretrainTask(c)
+    assert (task.model_cfg.num_latent_tokens, task.model_cfg.latent_codes) == (16, 12)
+    with pytest.raises(DataError, match="does not fit 16 tokens of 12 codes"):
+        task.step_source("train")[0]
+    os.remove(record)
+    with pytest.raises(DataError, match=r"lapa_labels\.json, which does not exist"):
+        LatentPretrainTask(c)
+    # Set explicitly, the layout needs no record.
+    c.model.num_latent_tokens, c.model.latent_codes = 4, 8
+    assert LatentPretrainTask(c).model_cfg.num_latent_tokens == 4

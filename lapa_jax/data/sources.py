@@ -29,6 +29,9 @@ from lapa_jax.data.specs import DatasetSpec, get_spec
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
+# What data_pipelines.label_latent_actions writes beside a labelled dataset: which
+# quantizer labelled it, with its layout (num_latent_tokens, num_codes).
+LABELS_FILE = "lapa_labels.json"
 
 
 class DataError(ValueError):

@@ -1,8 +1,9 @@
 """Stage 2: a vision-language model learns to predict latent actions.
 
 Trains on a latent-labelled dataset (data_pipelines.label_latent_actions): each step's
-current image and instruction in, its 4 latent action codes out, with cross-entropy on
-the latent tokens (and optionally a small next-token loss on the prompt). `evaluate`
+current image and instruction in, its latent action codes out (as many tokens and codes
+as the labels' quantizer has, see `latent_layout`), with cross-entropy on the latent
+tokens (and optionally a small next-token loss on the prompt). `evaluate`
 measures on held-out episodes what matters: per-position and whole-action accuracy of
 greedy decoding against the majority-class baselines, and whether the predictions
 spread over the latent actions or collapse onto one.
@@ -11,6 +12,7 @@ spread over the latent actions or collapse onto one.
 from __future__ import annotations
 
 import collections
+import json
 import os
 from typing import Any
 
@@ -22,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from lapa_jax import lora, sharding
 from lapa_jax.data import pipelines
-from lapa_jax.data.sources import DataError, EpisodeSource
+from lapa_jax.data.sources import LABELS_FILE, DataError, EpisodeSource
 from lapa_jax.models.vlm import VLM, VLMConfig
 from lapa_jax.tasks.base import Task
 from lapa_jax.text import Tokenizer
@@ -41,9 +43,11 @@ class EpisodeLabels:
         try:
             with np.load(path) as z:
                 self.arrays = {k: z[k] for k in z.files if k != "__meta__"}
+                meta = json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
         except (OSError, ValueError) as e:
             raise DataError(f"{self.flag} {path} is not a readable npz: {e}") from e
         self.path = path
+        self.meta: dict[str, Any] = meta
 
     def check(self, key: str, labels: np.ndarray) -> np.ndarray:
         return labels
@@ -73,6 +77,34 @@ class LatentLabels(EpisodeLabels):
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"{self.path}: {key} holds {labels.dtype} labels, not integer codes")
         return labels.astype(np.int32)
+
+
+def latent_layout(data_dir: str, labels: LatentLabels | None) -> tuple[int, int]:
+    """(tokens per latent action, codes per token) of the labels stage 2 trains on: from
+    the quantizer recorded beside a labelled dataset, or from a codes npz's arrays and
+    metadata. Why: a quantizer with another layout (e.g. 16 tokens, results/laq_ablation)
+    then needs no second setting in stage 2 that could disagree with it."""
+    if labels is not None:
+        widths = {a.shape[1] for a in labels.arrays.values() if a.ndim == 2}
+        if len(widths) != 1 or "codes" not in labels.meta:
+            raise DataError(
+                f"{labels.path}: cannot tell its latent layout (token widths {sorted(widths)}, "
+                f"metadata keys {sorted(labels.meta)}); set model.num_latent_tokens and "
+                "model.latent_codes"
+            )
+        return widths.pop(), int(labels.meta["codes"])
+    path = os.path.join(data_dir, LABELS_FILE)
+    try:
+        with open(path) as f:
+            q = json.load(f)["quantizer"]
+        return int(q["num_latent_tokens"]), int(q["num_codes"])
+    except FileNotFoundError:
+        raise DataError(
+            f"model.num_latent_tokens / latent_codes = 0 take the layout from {path}, which "
+            "does not exist (not written by data_pipelines.label_latent_actions?); set both"
+        ) from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: no quantizer layout in it ({e!r}); set both") from e
 
 
 class PromptedSteps:
@@ -153,6 +185,10 @@ class LatentPretrainTask(Task):
             raise ValueError(
                 f"model.vocab_size {model['vocab_size']} < the tokenizer's {self.tokenizer.vocab_size}"
             )
+        if not model.get("num_latent_tokens") or not model.get("latent_codes"):
+            tokens, codes = latent_layout(d.dir, self.latent_labels)
+            model["num_latent_tokens"] = model.get("num_latent_tokens") or tokens
+            model["latent_codes"] = model.get("latent_codes") or codes
         lora.configure(config, model)
         self.model_cfg = VLMConfig.from_dict(model)
         if self.model_cfg.image_size != d.image_size:
