@@ -251,6 +251,7 @@ def test_latent_layout_comes_from_the_labels(labelled_dir, tokenizer_path, tmp_p
         q = json.load(f)["quantizer"]
     layout = (task.model_cfg.num_latent_tokens, task.model_cfg.latent_codes)
     assert layout == (q["num_latent_tokens"], q["num_codes"]) == (4, 8)
+    assert (c.model.num_latent_tokens, c.model.latent_codes) == (4, 8)  # for config.json
     assert task.step_source("train")[0]["latent"].shape == (4,)
 
     copy = str(tmp_path / "ds")
@@ -268,6 +269,7 @@ def test_latent_layout_comes_from_the_labels(labelled_dir, tokenizer_path, tmp_p
     with pytest.raises(DataError, match="does not fit 16 tokens of 12 codes"):
         task.step_source("train")[0]
     os.remove(record)
+    c.model.num_latent_tokens = c.model.latent_codes = 0
     with pytest.raises(DataError, match=r"lapa_labels\.json, which does not exist"):
         LatentPretrainTask(c)
     # Set explicitly, the layout needs no record.

@@ -189,6 +189,10 @@ class LatentPretrainTask(Task):
             tokens, codes = latent_layout(d.dir, self.latent_labels)
             model["num_latent_tokens"] = model.get("num_latent_tokens") or tokens
             model["latent_codes"] = model.get("latent_codes") or codes
+            # Kept in the run's config.json, so its checkpoint loads without the labels.
+            with config.unlocked():
+                config.model.num_latent_tokens = model["num_latent_tokens"]
+                config.model.latent_codes = model["latent_codes"]
         lora.configure(config, model)
         self.model_cfg = VLMConfig.from_dict(model)
         if self.model_cfg.image_size != d.image_size:
