@@ -48,7 +48,13 @@ FSQ = ["--config.model.quantizer=fsq", "--config.dead_code.enabled=False"]
 NO_MASK = ["--config.model.decoder_mask_ratio=0.0"]
 # ... and before its codebooks followed their clusters (codebook_ema, rvq_mask_ema).
 NO_EMA = ["--config.codebook_ema=0.0"]
-_METAWORLD_FILE = ["--config=experiments/laq.py:metaworld"]
+# ... and before it had 16 tokens on a 128-d latent (rvq_mask_ema_t16_d128). Later flags
+# win, so a row may set either again.
+_METAWORLD_FILE = [
+    "--config=experiments/laq.py:metaworld",
+    "--config.model.num_latent_tokens=4",
+    "--config.model.latent_dim=32",
+]
 METAWORLD = [*_METAWORLD_FILE, *NO_EMA]
 DEFAULT_RVQ = [*METAWORLD, *RVQ, *NO_MASK]
 # rvq_mask and rvq_mask_ema, defaults in turn: spelled out, so their rows stay put if the

@@ -137,8 +137,13 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     if variant == "full":
         # The full experiment's quantizers were trained before the laq default hid half of
         # the decoder's x_t patches (results/laq_ablation, rvq_mask): pinned to what ran.
-        c.laq.overrides.model = {"decoder_mask_ratio": 0.0}
-        # ... and before its codebooks followed their clusters (rvq_mask_ema).
+        # ... and before its codebooks followed their clusters (rvq_mask_ema), and before it
+        # had 16 tokens per action on a 128-d latent (rvq_mask_ema_t16_d128).
+        c.laq.overrides.model = {
+            "decoder_mask_ratio": 0.0,
+            "num_latent_tokens": 4,
+            "latent_dim": 32,
+        }
         c.laq.overrides.codebook_ema = 0.0
     if variant == "tiny":  # tests: every arm and job, minutes on 2 cores
         c.tasks = ["reach-v3", "button-press-topdown-v3"]
