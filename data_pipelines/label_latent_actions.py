@@ -639,7 +639,7 @@ def histogram_table(labels: dict[str, Any], split: str) -> str:
         f"{p} | " + " | ".join(f"{v / max(hist[p].sum(), 1):.1%}" for v in hist[p])
         for p in range(len(hist))
     ]
-    return "\n".join([head, *rows, f"distinct 4-code actions: {rec['distinct_actions']}"])
+    return "\n".join([head, *rows, f"distinct {len(hist)}-code actions: {rec['distinct_actions']}"])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -273,6 +273,7 @@ class Evaluator:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    distinct = f"distinct {len(r['codes_used_per_position'])}-code actions"
     lines = [
         f"LAQ evaluation: {r['workdir']} step {r['checkpoint_step']}, {r['num_pairs']} {r['split']} pairs (gap {r['frame_gap']})",
         f"  PSNR predicted / copy x_t           {r['psnr']:.2f} / {r['psnr_copy_baseline']:.2f} dB",
@@ -280,7 +281,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  delta-t-PSNR (inferred - random)    {r['delta_t_psnr']:.3f} dB",
         f"  codes used per position             {r['codes_used_per_position']}",
         f"  perplexity per position             {[round(x, 2) for x in r['perplexity_per_position']]}",
-        f"  distinct 4-code actions             {r['distinct_actions']}",
+        f"  {distinct:<36}{r['distinct_actions']}",
     ]
     if "probe" in r:
         lines.append("  linear probe R^2 (held out)         xyz      gripper")
