@@ -335,6 +335,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "rvq_mask_ema_t16_d128 with the pixels that change weighted x17 in the loss",
         [*T16_D128, "--config.loss.changed_weight=16"],
     ),
+    "rvq_mask_ema_t16_d128_cb16": (
+        "rvq_mask_ema_t16_d128 (the default) with 16 codes per stage: post-hoc codes of its "
+        "latent reach 0.77 against its own 0.74, and cb16 lifted the 4 x 32 codes by 0.06",
+        [*T16_D128, "--config.model.codebook_size=16"],
+    ),
+    "rvq_mask_ema_t16_d128_gap8": (
+        "rvq_mask_ema_t16_d128 (the default) with frame gap 8 (16 simulator steps): more "
+        "motion per pair (the pixel baseline rises to 0.90)",
+        [*T16_D128, "--config.data.frame_gap=8"],
+    ),
     "rvq_mask_cb16_seed1": (
         "rvq_mask_cb16 with another training seed",
         [
