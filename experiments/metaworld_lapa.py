@@ -22,6 +22,9 @@ evaluated closed loop on every task):
 - lapa_oracle (opt-in diagnostic): latent pretraining on the true actions summed over
   the quantizer's frame gap and binned into its layout (4 tokens of 8 codes), then
   finetuning: LAPA with latents that carry the action;
+- lapa_rvq16 (opt-in): lapa with issue 8's quantizer (laq_rvq16: 16 residual stages of
+  8 codes on a 128-d latent, half the decoder's x_t patches hidden, EMA codebooks)
+  in place of the full run's 4 x 8 codes; everything after the quantizer as in lapa;
 - vpt: an inverse dynamics model trained on the k demonstrations pseudo-labels the
   video set; the policy pretrains on those labels, then finetunes.
 Every arm finetunes for 2,000 steps. 500 steps (the first protocol) left every
@@ -76,6 +79,11 @@ SMALL_VLM = dict(
 )
 
 
+# lapa_rvq16's quantizer model: 16 tokens (residual stages) of 8 codes on a 128-d latent,
+# half of the decoder's x_t patches hidden in training.
+RVQ16_MODEL = dict(num_latent_tokens=16, latent_dim=128, decoder_mask_ratio=0.5)
+
+
 def stage(config: str, **overrides: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(config=config, overrides=overrides))
 
@@ -104,6 +112,14 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # as --config.KEY=VALUE); the driver adds the data paths and init_from.
     small_vlm = {"model": dict(SMALL_VLM)}
     c.laq = stage("experiments/laq.py:metaworld", train={"steps": 1200})
+    # lapa_rvq16's quantizer: issue 8's recipe as experiments/laq.py:metaworld had it
+    # when the arm was added, pinned so a later default does not change what it names.
+    c.laq_rvq16 = stage(
+        "experiments/laq.py:metaworld",
+        train={"steps": 1200},
+        model=dict(RVQ16_MODEL),
+        codebook_ema=0.99,
+    )
     c.latent = stage(
         "experiments/latent_pretrain.py:metaworld",
         **small_vlm,
@@ -160,6 +176,12 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         tiny = {"steps": 2, "batch_size": 8, "log_every": 1}
         every = {**tiny, "eval_every": 2, "checkpoint_every": 2}
         c.laq = stage("experiments/laq.py:tiny", train={**tiny, "image_every": 0})
+        c.laq_rvq16 = stage(
+            "experiments/laq.py:tiny",
+            train={**tiny, "image_every": 0},
+            model={"num_latent_tokens": 16},
+            codebook_ema=0.99,
+        )
         c.latent = stage("experiments/latent_pretrain.py:tiny", train=every)
         c.action_pretrain = stage(
             "experiments/action_finetune.py:tiny", head="chunked", train=every

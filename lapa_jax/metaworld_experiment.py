@@ -74,13 +74,14 @@ KNOWN_ARMS = (
     "scratch_half_long",
     "vpt",
     "lapa_oracle",
+    "lapa_rvq16",
 )
 # Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
 HALF_ARMS = ("lapa_transfer", "scratch_half", "scratch_half_long")
 # Scratch controls finetuned for pretraining + finetuning steps (Plan.finetune_steps).
 LONG_ARMS = ("scratch_long", "scratch_half_long")
 # Controls and diagnostics that a run includes only when --config.arms names them.
-OPT_IN_ARMS = (*LONG_ARMS, "lapa_oracle")
+OPT_IN_ARMS = (*LONG_ARMS, "lapa_oracle", "lapa_rvq16")
 
 
 class Plan:
@@ -158,10 +159,20 @@ class Plan:
     def _vlm_data(self, data: str, spec: str = "metaworld") -> dict[str, Any]:
         return {"data.dir": data, "data.spec": spec, "data.tokenizer": self.tokenizer}
 
-    def _latent_chain(self, tag: str, video: str, arm: str) -> None:
-        """Quantizer on `video`, its labels, latent pretraining: the LAPA pretraining."""
+    def _latent_chain(
+        self,
+        tag: str,
+        video: str,
+        arm: str,
+        laq: ml_collections.ConfigDict | None = None,
+        labelled_name: str | None = None,
+    ) -> None:
+        """Quantizer on `video` (the `laq` stage, c.laq unless given), its labels into
+        `labelled_name` (VIDEO_latent unless given), latent pretraining: the LAPA
+        pretraining."""
         c = self.cfg
-        self._train(f"laq_{tag}", arm, c.laq, **{"data.dir": self.data(video)})
+        laq = c.laq if laq is None else laq
+        self._train(f"laq_{tag}", arm, laq, **{"data.dir": self.data(video)})
         self._add(
             f"laq_report_{tag}",
             arm,
@@ -174,7 +185,7 @@ class Plan:
                 "1000",
             ],
         )
-        labelled = self.data(f"{video}_latent")
+        labelled = self.data(labelled_name or f"{video}_latent")
         self._add(
             f"label_{tag}",
             arm,
@@ -221,7 +232,14 @@ class Plan:
     def _build(self) -> None:
         c, arms = self.cfg, set(self.cfg.arms)
         # lapa_transfer reads only the halves' video sets (video_g0, video_g1).
-        video = ["lapa", "action_pretrained", "action_pretrained_clean", "vpt", "lapa_oracle"]
+        video = [
+            "lapa",
+            "action_pretrained",
+            "action_pretrained_clean",
+            "vpt",
+            "lapa_oracle",
+            "lapa_rvq16",
+        ]
         if arms & set(video):
             self._dataset(
                 "video",
@@ -255,6 +273,10 @@ class Plan:
         if "lapa_transfer" in arms:
             for g in range(2):
                 self._latent_chain(f"g{g}", f"video_g{g}", "lapa_transfer")
+        if "lapa_rvq16" in arms:
+            # LAPA with issue 8's quantizer (c.laq_rvq16) on the same videos; the rest of
+            # the chain is lapa's, so the pair isolates the quantizer.
+            self._latent_chain("rvq16", "video", "lapa_rvq16", c.laq_rvq16, "video_latent_rvq16")
         if "action_pretrained" in arms:
             self._train(
                 "action_pre",
@@ -324,6 +346,8 @@ class Plan:
                     self._finetune("vpt", k, seed, self.run(f"vpt_pre_k{k}"))
                 if "lapa_oracle" in arms:
                     self._finetune("lapa_oracle", k, seed, self.run("latent_oracle"))
+                if "lapa_rvq16" in arms:
+                    self._finetune("lapa_rvq16", k, seed, self.run("latent_rvq16"))
                 if "lapa_transfer" in arms:
                     for g in range(2):  # pretrained on group 1-g, finetuned on group g
                         self._finetune("lapa_transfer", k, seed, self.run(f"latent_g{1 - g}"), g)

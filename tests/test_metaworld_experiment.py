@@ -105,8 +105,24 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     # The full run's quantizers were trained before the laq default masked its decoder's
     # x_t patches: every quantizer job pins the recipe that ran, whatever the default is now.
     laq_jobs = [j for n, j in jobs.items() if n.startswith("laq_") and "report" not in n]
-    assert {j.name for j in laq_jobs} == {"laq_all", "laq_g0", "laq_g1"}
-    assert all(flag(j, "model.decoder_mask_ratio") == "0.0" for j in laq_jobs)
+    assert {j.name for j in laq_jobs} == {"laq_all", "laq_g0", "laq_g1", "laq_rvq16"}
+    pinned = [j for j in laq_jobs if j.name != "laq_rvq16"]
+    assert all(flag(j, "model.decoder_mask_ratio") == "0.0" for j in pinned)
+    assert all(flag(j, "model.num_latent_tokens") == "4" for j in pinned)
+    # lapa_rvq16: the same chain on the same videos with issue 8's quantizer, its labels
+    # in their own dataset (not lapa's), its policy from its own latent pretraining.
+    q = jobs["laq_rvq16"]
+    assert flag(q, "data.dir") == plan.data("video")
+    assert (flag(q, "model.num_latent_tokens"), flag(q, "model.latent_dim")) == ("16", "128")
+    assert (flag(q, "model.decoder_mask_ratio"), flag(q, "codebook_ema")) == ("0.5", "0.99")
+    assert flag(jobs["label_rvq16"], "laq_workdir") == plan.run("laq_rvq16")
+    assert flag(jobs["label_rvq16"], "dst") == plan.data("video_latent_rvq16")
+    assert flag(jobs["label_all"], "dst") == plan.data("video_latent")
+    assert flag(jobs["latent_rvq16"], "data.dir") == plan.data("video_latent_rvq16")
+    assert flag(jobs[f"ft{N}_lapa_rvq16_k10_s2"], "init_from") == plan.run("latent_rvq16")
+    assert order.index("label_rvq16") < order.index("latent_rvq16")
+    assert order.index("latent_rvq16") < order.index(f"ft{N}_lapa_rvq16_k5_s0")
+    assert "lapa_rvq16" not in metaworld_lapa.get_config("full").arms  # opt-in
     # Evaluation: every seed's own layouts, the same for every arm.
     assert (
         flag(jobs[f"eval{N}_lapa_k5_s2"], "seed")
@@ -370,6 +386,15 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     pinned["config"]["laq"]["overrides"]["codebook_ema"] = 0.99
     with pytest.raises(ValueError, match="differs in \\['laq'\\]"):
         experiment_report.merge_recorded(pinned, recorded, "a")
+    # A record from before lapa_rvq16 has no laq_rvq16 stage: the same protocol as the
+    # full variant's, but not as another quantizer for that arm.
+    full = metaworld_lapa.get_config("full").to_dict()
+    before = {k: v for k, v in full.items() if k != "laq_rvq16"}
+    protocol = experiment_report._protocol
+    assert protocol(before) == protocol(full)
+    longer = json.loads(json.dumps(full))
+    longer["laq_rvq16"]["overrides"]["train"]["steps"] = 2400
+    assert protocol(before) != protocol(longer)
 
 
 def test_dry_run_lists_every_job(tmp_path):
