@@ -246,6 +246,8 @@ _FREE_KEYS = ("arms", "seeds", "demo_ks", "workers")
 # none of its jobs. Its value is the `full` variant's (a test keeps the two equal).
 _ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("laq", "overrides", "codebook_ema"): 0.0,
+    ("laq", "overrides", "model", "num_latent_tokens"): 4,
+    ("laq", "overrides", "model", "latent_dim"): 32,
     ("laq_rvq16",): {
         "config": "experiments/laq.py:metaworld",
         "overrides": {

@@ -392,6 +392,10 @@ def test_merge_recorded_joins_seeds_of_two_workdirs(tmp_path):
     before = {k: v for k, v in full.items() if k != "laq_rvq16"}
     protocol = experiment_report._protocol
     assert protocol(before) == protocol(full)
+    # ... nor did it pin the quantizer's 4 tokens on a 32-d latent, the default of then.
+    del before["laq"]["overrides"]["model"]["num_latent_tokens"]
+    del before["laq"]["overrides"]["model"]["latent_dim"]
+    assert protocol(before) == protocol(full)
     longer = json.loads(json.dumps(full))
     longer["laq_rvq16"]["overrides"]["train"]["steps"] = 2400
     assert protocol(before) != protocol(longer)
