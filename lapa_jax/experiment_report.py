@@ -242,8 +242,10 @@ _FREE_KEYS = ("arms", "seeds", "demo_ks", "workers")
 # Keys a protocol gained after some of its records were written, each with the value
 # those records ran with (the default of its config file then): a record without one
 # is the same protocol as a config that pins it to that value.
-# laq_rvq16 is lapa_rvq16's own stage, added with that arm: records from before it ran
-# none of its jobs. Its value is the `full` variant's (a test keeps the two equal).
+# The quantizer's 4 tokens on a 32-d latent were pinned when the laq default moved to
+# 16 on 128. laq_rvq16 is lapa_rvq16's own stage, added with that arm: records from
+# before it ran none of its jobs. Its value is the `full` variant's (a test keeps the
+# two equal).
 _ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("laq", "overrides", "codebook_ema"): 0.0,
     ("laq", "overrides", "model", "num_latent_tokens"): 4,
