@@ -34,6 +34,10 @@ def get_config(variant: str = "metaworld") -> ml_collections.ConfigDict:
     # An npz of latent codes per episode to train on instead of the dataset's labels
     # (data_pipelines.label_oracle_latents); the dataset then needs no latent labels.
     c.data.latent_labels = ""
+    # Train on the first N tokens of each latent action only (0: all of them). For a
+    # residual quantizer these are its coarsest stages, the part of the motion the
+    # current frame and instruction can predict (results/metaworld_lapa, lapa_rvq16).
+    c.data.latent_tokens = 0
     c.data.split = "train"
     c.data.eval_split = "val"
     c.data.image_size = 64

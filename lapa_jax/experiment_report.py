@@ -210,6 +210,7 @@ def build_report(plan: Plan, runner: Runner) -> dict[str, Any]:
     pretraining = {
         name: _last_eval(plan.run(name))
         for name in ["latent_all", "latent_g0", "latent_g1", "latent_oracle", "latent_rvq16"]
+        + ["latent_rvq16_first4"]
         + ["action_pre", "action_pre_clean"]
         + [f"idm_k{k}" for k in c.demo_ks]
         + [f"vpt_pre_k{k}" for k in c.demo_ks]

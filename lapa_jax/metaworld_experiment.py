@@ -75,13 +75,17 @@ KNOWN_ARMS = (
     "vpt",
     "lapa_oracle",
     "lapa_rvq16",
+    "lapa_rvq16_first4",
 )
 # Arms whose policies are finetuned and evaluated on each half of the tasks in turn.
 HALF_ARMS = ("lapa_transfer", "scratch_half", "scratch_half_long")
 # Scratch controls finetuned for pretraining + finetuning steps (Plan.finetune_steps).
 LONG_ARMS = ("scratch_long", "scratch_half_long")
 # Controls and diagnostics that a run includes only when --config.arms names them.
-OPT_IN_ARMS = (*LONG_ARMS, "lapa_oracle", "lapa_rvq16")
+OPT_IN_ARMS = (*LONG_ARMS, "lapa_oracle", "lapa_rvq16", "lapa_rvq16_first4")
+# lapa_rvq16_first4 pretrains on the first stages of laq_rvq16's 16 residual stages only,
+# as many as lapa's quantizer has tokens: the coarse motion, the part stage 2 predicts.
+RVQ16_FIRST_STAGES = 4
 
 
 class Plan:
@@ -170,6 +174,19 @@ class Plan:
         """Quantizer on `video` (the `laq` stage, c.laq unless given), its labels into
         `labelled_name` (VIDEO_latent unless given), latent pretraining: the LAPA
         pretraining."""
+        labelled = self._labels_chain(tag, video, arm, laq, labelled_name)
+        self._latent_pretrain(tag, arm, labelled)
+
+    def _labels_chain(
+        self,
+        tag: str,
+        video: str,
+        arm: str,
+        laq: ml_collections.ConfigDict | None = None,
+        labelled_name: str | None = None,
+    ) -> str:
+        """The quantizer `laq_TAG`, its report and its labels of `video`; returns the
+        labelled dataset's path."""
         c = self.cfg
         laq = c.laq if laq is None else laq
         self._train(f"laq_{tag}", arm, laq, **{"data.dir": self.data(video)})
@@ -195,8 +212,13 @@ class Plan:
                 "--cpu_devices", str(c.cpu_devices),
             ],
         )  # fmt: skip
+        return labelled
+
+    def _latent_pretrain(self, tag: str, arm: str, labelled: str, **extra: Any) -> None:
         spec = os.path.join(labelled, "lapa_spec.json")
-        self._train(f"latent_{tag}", arm, c.latent, **self._vlm_data(labelled, spec))
+        self._train(
+            f"latent_{tag}", arm, self.cfg.latent, **self._vlm_data(labelled, spec), **extra
+        )
 
     def _finetune(
         self,
@@ -239,6 +261,7 @@ class Plan:
             "vpt",
             "lapa_oracle",
             "lapa_rvq16",
+            "lapa_rvq16_first4",
         ]
         if arms & set(video):
             self._dataset(
@@ -273,10 +296,21 @@ class Plan:
         if "lapa_transfer" in arms:
             for g in range(2):
                 self._latent_chain(f"g{g}", f"video_g{g}", "lapa_transfer")
-        if "lapa_rvq16" in arms:
+        if arms & {"lapa_rvq16", "lapa_rvq16_first4"}:
             # LAPA with issue 8's quantizer (c.laq_rvq16) on the same videos; the rest of
             # the chain is lapa's, so the pair isolates the quantizer.
-            self._latent_chain("rvq16", "video", "lapa_rvq16", c.laq_rvq16, "video_latent_rvq16")
+            labelled = self._labels_chain(
+                "rvq16", "video", "lapa_rvq16", c.laq_rvq16, "video_latent_rvq16"
+            )
+            if "lapa_rvq16" in arms:
+                self._latent_pretrain("rvq16", "lapa_rvq16", labelled)
+            if "lapa_rvq16_first4" in arms:
+                self._latent_pretrain(
+                    "rvq16_first4",
+                    "lapa_rvq16_first4",
+                    labelled,
+                    **{"data.latent_tokens": RVQ16_FIRST_STAGES},
+                )
         if "action_pretrained" in arms:
             self._train(
                 "action_pre",
@@ -348,6 +382,9 @@ class Plan:
                     self._finetune("lapa_oracle", k, seed, self.run("latent_oracle"))
                 if "lapa_rvq16" in arms:
                     self._finetune("lapa_rvq16", k, seed, self.run("latent_rvq16"))
+                if "lapa_rvq16_first4" in arms:
+                    pre = self.run("latent_rvq16_first4")
+                    self._finetune("lapa_rvq16_first4", k, seed, pre)
                 if "lapa_transfer" in arms:
                     for g in range(2):  # pretrained on group 1-g, finetuned on group g
                         self._finetune("lapa_transfer", k, seed, self.run(f"latent_g{1 - g}"), g)

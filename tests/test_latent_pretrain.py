@@ -275,3 +275,38 @@ def test_latent_layout_comes_from_the_labels(labelled_dir, tokenizer_path, tmp_p
     # Set explicitly, the layout needs no record.
     c.model.num_latent_tokens, c.model.latent_codes = 4, 8
     assert LatentPretrainTask(c).model_cfg.num_latent_tokens == 4
+
+
+def test_latent_tokens_trains_on_the_first_tokens_only(labelled_dir, tokenizer_path):
+    """data.latent_tokens = N: stage 2 predicts the first N tokens of each label (a
+    residual quantizer's coarse stages), its layout and the evaluation's labels follow."""
+    from lapa_jax.data.sources import DataError
+    from lapa_jax.tasks.latent_pretrain import _all_labels
+
+    c = tiny_config(labelled_dir, tokenizer_path)
+    c.model.num_latent_tokens = c.model.latent_codes = 0
+    full = LatentPretrainTask(c).step_source("train")
+    c.data.latent_tokens = 2
+    c.model.num_latent_tokens = c.model.latent_codes = 0  # the first task recorded 4, 8
+    task = LatentPretrainTask(c)
+    assert (task.model_cfg.num_latent_tokens, task.model_cfg.latent_codes) == (2, 8)
+    assert c.model.num_latent_tokens == 2  # recorded for config.json
+    src = task.step_source("train")
+    for i in (0, len(src) - 1):
+        np.testing.assert_array_equal(src[i]["latent"], full[i]["latent"][:2])
+    np.testing.assert_array_equal(_all_labels(src), _all_labels(full)[:, :2])
+    assert task.dummy_batch(3)["latent"].shape == (3, 2)
+
+    c.data.latent_tokens = 5  # the labels have 4
+    c.model.num_latent_tokens = c.model.latent_codes = 0
+    with pytest.raises(DataError, match="latent_tokens 5 > the 4 tokens"):
+        LatentPretrainTask(c)
+    c.model.num_latent_tokens, c.model.latent_codes = 5, 8  # layout given: caught on read
+    with pytest.raises(DataError, match=r"have 4 tokens, data\.latent_tokens asks for the first 5"):
+        LatentPretrainTask(c).step_source("train")[0]
+    c.data.latent_tokens, c.model.num_latent_tokens = 2, 3
+    with pytest.raises(ValueError, match=r"num_latent_tokens 3 != data\.latent_tokens 2"):
+        LatentPretrainTask(c)
+    c.data.latent_tokens = -1
+    with pytest.raises(ValueError, match="latent_tokens must be >= 0"):
+        LatentPretrainTask(c)

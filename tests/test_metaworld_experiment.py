@@ -123,6 +123,17 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
     assert order.index("label_rvq16") < order.index("latent_rvq16")
     assert order.index("latent_rvq16") < order.index(f"ft{N}_lapa_rvq16_k5_s0")
     assert "lapa_rvq16" not in metaworld_lapa.get_config("full").arms  # opt-in
+    # lapa_rvq16_first4: the same quantizer and labels (one job each), latent pretraining on
+    # the first 4 of their 16 tokens only.
+    assert sum(n == "label_rvq16" for n in order) == 1
+    first4 = jobs["latent_rvq16_first4"]
+    assert flag(first4, "data.dir") == plan.data("video_latent_rvq16")
+    assert flag(first4, "data.latent_tokens") == str(mx.RVQ16_FIRST_STAGES) == "4"
+    assert "--config.data.latent_tokens=4" not in jobs["latent_rvq16"].argv
+    assert flag(jobs[f"ft{N}_lapa_rvq16_first4_k25_s1"], "init_from") == plan.run(
+        "latent_rvq16_first4"
+    )
+    assert order.index("label_rvq16") < order.index("latent_rvq16_first4")
     # Evaluation: every seed's own layouts, the same for every arm.
     assert (
         flag(jobs[f"eval{N}_lapa_k5_s2"], "seed")
@@ -159,6 +170,10 @@ def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
     names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
     assert "data_video_g0" in names and "data_video_g1" in names and "latent_g1" in names
     assert "data_video" not in names
+    cfg.arms = ["lapa_rvq16_first4"]  # lapa_rvq16's quantizer and labels, not its stage 2
+    names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
+    assert {"laq_rvq16", "label_rvq16", "latent_rvq16_first4"} <= set(names)
+    assert "latent_rvq16" not in names and "laq_all" not in names
     cfg.arms = ["scratch", "diffusion"]
     with pytest.raises(ValueError, match="unknown arms"):
         mx.Plan(cfg, str(tmp_path))

@@ -120,8 +120,10 @@ class PromptedSteps:
         num_latent_tokens: int,
         labels: LatentLabels | None = None,
         split: str = "",
+        keep_tokens: int = 0,
     ):
         self.steps = steps
+        self.keep_tokens = keep_tokens  # > 0: only the first keep_tokens tokens of a label
         self.labels, self.split = labels, split  # codes from an npz, not the steps
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
@@ -131,6 +133,17 @@ class PromptedSteps:
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    def head(self, codes_L: np.ndarray) -> np.ndarray:
+        """The tokens trained on: all of a label's, or its first keep_tokens."""
+        if not self.keep_tokens:
+            return codes_L
+        if codes_L.shape[-1] < self.keep_tokens:
+            raise DataError(
+                f"{self.steps.source.data_dir}: its latent actions have {codes_L.shape[-1]} "
+                f"tokens, data.latent_tokens asks for the first {self.keep_tokens}"
+            )
+        return codes_L[..., : self.keep_tokens]
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         item = self.steps[index]
@@ -144,6 +157,7 @@ class PromptedSteps:
             e = int(item["episode"])
             length = int(self.steps.source.lengths[e])
             codes = self.labels.episode(self.split, e, length)[int(item["t"])]
+        codes = self.head(codes)
         if (
             codes.shape != (self.num_latent_tokens,)
             or codes.min() < 0
@@ -176,6 +190,9 @@ class LatentPretrainTask(Task):
         self.tokenizer = Tokenizer(d.tokenizer) if d.tokenizer else None
         path = d.get("latent_labels", "")
         self.latent_labels = LatentLabels(path) if path else None
+        self.latent_tokens = int(d.get("latent_tokens", 0))
+        if self.latent_tokens < 0:
+            raise ValueError(f"data.latent_tokens must be >= 0 (0: all), got {self.latent_tokens}")
         if self.tokenizer is None:
             if not model.get("vocab_size"):
                 raise ValueError("set data.tokenizer (a sentencepiece .model) or model.vocab_size")
@@ -185,14 +202,26 @@ class LatentPretrainTask(Task):
             raise ValueError(
                 f"model.vocab_size {model['vocab_size']} < the tokenizer's {self.tokenizer.vocab_size}"
             )
+        if self.latent_tokens:
+            if model.get("num_latent_tokens") not in (0, None, self.latent_tokens):
+                raise ValueError(
+                    f"model.num_latent_tokens {model['num_latent_tokens']} != "
+                    f"data.latent_tokens {self.latent_tokens}; set one of them"
+                )
+            model["num_latent_tokens"] = self.latent_tokens
         if not model.get("num_latent_tokens") or not model.get("latent_codes"):
             tokens, codes = latent_layout(d.dir, self.latent_labels)
+            if self.latent_tokens > tokens:
+                raise DataError(
+                    f"data.latent_tokens {self.latent_tokens} > the {tokens} tokens per latent "
+                    "action of the labels"
+                )
             model["num_latent_tokens"] = model.get("num_latent_tokens") or tokens
             model["latent_codes"] = model.get("latent_codes") or codes
-            # Kept in the run's config.json, so its checkpoint loads without the labels.
-            with config.unlocked():
-                config.model.num_latent_tokens = model["num_latent_tokens"]
-                config.model.latent_codes = model["latent_codes"]
+        # Kept in the run's config.json, so its checkpoint loads without the labels.
+        with config.unlocked():
+            config.model.num_latent_tokens = model["num_latent_tokens"]
+            config.model.latent_codes = model["latent_codes"]
         lora.configure(config, model)
         self.model_cfg = VLMConfig.from_dict(model)
         if self.model_cfg.image_size != d.image_size:
@@ -301,6 +330,7 @@ class LatentPretrainTask(Task):
             c.num_latent_tokens,
             self.latent_labels,
             split,
+            self.latent_tokens,
         )
 
     def make_data(self, split: str, global_batch_size: int, seed: int, shuffle: bool = True):
@@ -359,14 +389,19 @@ def _all_labels(src: PromptedSteps) -> np.ndarray:
     """Every step's latent codes, read without decoding images."""
     source = src.steps.source
     if src.labels is not None:
-        return np.concatenate(
-            [src.labels.episode(src.split, e, int(source.lengths[e])) for e in range(len(source))]
+        return src.head(
+            np.concatenate(
+                [
+                    src.labels.episode(src.split, e, int(source.lengths[e]))
+                    for e in range(len(source))
+                ]
+            )
         )
     out = []
     for e in range(len(source)):
         steps = source.steps(e)
         out.extend(source.latent_action(e, t, steps) for t in range(len(steps)))
-    return np.stack(out).astype(np.int32)
+    return src.head(np.stack(out).astype(np.int32))
 
 
 def latent_metrics(
