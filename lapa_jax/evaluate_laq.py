@@ -34,6 +34,8 @@ from lapa_jax.models.laq import LAQ
 from lapa_jax.tasks.laq import CHANGE_THRESHOLD, LAQTask, changed_pixels, downsample
 from lapa_jax.trainer import Trainer
 
+PREFIX_TOKENS = (1, 4)  # probed alone too, when a latent action has more tokens
+
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
@@ -209,8 +211,16 @@ class Evaluator:
             # An expert's action is largely a function of the state it is in, so x_t alone
             # predicts much of it; "+ frame_t" rows show what the motion adds to that.
             frame_t = downsample(x0, 16).reshape(len(x0), -1)
+            # The first tokens alone: a residual quantizer's coarse stages, what stage 2
+            # trains on with data.latent_tokens = n.
+            prefixes = {
+                f"codes_onehot_first_{n}": onehot_codes(d["codes"][:, :n], k)
+                for n in PREFIX_TOKENS
+                if n < d["codes"].shape[1]
+            }
             return {
                 "codes_onehot": codes,
+                **prefixes,
                 "latent_continuous": d["delta"].reshape(len(x0), -1),
                 "pixel_difference_16x16": pixel_diff,
                 "pixel_difference_8x8": downsample(x1 - x0, 8).reshape(len(x0), -1),

@@ -56,6 +56,7 @@ def test_report_on_a_tiny_run(full_run):
     probe = report["probe"]
     for name in (
         "codes_onehot",
+        "codes_onehot_first_1",  # the first of 4 tokens alone (no first_4: that is all)
         "latent_continuous",
         "pixel_difference_16x16",
         "frame_t_16x16",
@@ -64,6 +65,7 @@ def test_report_on_a_tiny_run(full_run):
     ):
         assert set(probe[name]) >= {"r2_xyz", "r2_gripper", "r2_per_dim"}
         assert len(probe[name]["r2_per_dim"]) == 4
+    assert "codes_onehot_first_4" not in probe
     assert os.path.isfile(report["atlas"])
     with open(os.path.join(workdir, "eval", "laq_eval_0000006.json")) as f:
         assert json.load(f)["psnr"] == pytest.approx(report["psnr"])
