@@ -83,6 +83,8 @@ def _summarise(
 # Arms each arm is set against, cell by cell: scratch for every arm; LAPA for the oracle
 # latents (same pipeline, other codes); the half-task control for transfer.
 PAIRED_BASELINES = ("scratch", "lapa", "scratch_half")
+# And a variant against the arm it changes one thing of (same quantizer, same labels).
+VARIANT_BASELINES = {"lapa_rvq16_first4": "lapa_rvq16"}
 
 
 def sign_flip_p(diffs: list[float], draws: int = 1 << 16) -> float:
@@ -105,10 +107,11 @@ def sign_flip_p(diffs: list[float], draws: int = 1 << 16) -> float:
 def paired_differences(
     success: dict[str, dict[str, dict[str, dict[str, float]]]], tasks: list[str]
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each arm against each baseline of PAIRED_BASELINES it shares cells with: the
-    (k, seed) cells both finished differ in training and evaluation layouts only
-    through the arm, so their differences of task-mean success cancel most of the
-    seed-to-seed spread that the per-arm std includes."""
+    """Each arm against each baseline of PAIRED_BASELINES it shares cells with, and
+    each arm of VARIANT_BASELINES against the arm it varies: the (k, seed) cells both
+    finished differ in training and evaluation layouts only through the arm, so their
+    differences of task-mean success cancel most of the seed-to-seed spread that the
+    per-arm std includes."""
 
     def cell_means(arm: str) -> dict[tuple[str, str], float]:
         return {
@@ -118,27 +121,30 @@ def paired_differences(
         }
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def pair(arm: str, base: str) -> None:
+        mine, base_cells = cell_means(arm), cell_means(base)
+        cells = sorted(set(mine) & set(base_cells), key=lambda c: (int(c[0]), int(c[1])))
+        if not cells:
+            return
+        d = [mine[c] - base_cells[c] for c in cells]
+        out.setdefault(base, {})[arm] = {
+            "cells": [f"k={k} seed {s}" for k, s in cells],
+            "differences": d,
+            "mean": float(np.mean(d)),
+            "std": float(np.std(d)),
+            "above": sum(x > 1e-9 for x in d),
+            "below": sum(x < -1e-9 for x in d),
+            "p_sign_flip": sign_flip_p(d),
+        }
+
     for base in PAIRED_BASELINES:
-        base_cells = cell_means(base)
-        if not base_cells:
-            continue
         for arm in success:
-            if arm in PAIRED_BASELINES[: PAIRED_BASELINES.index(base) + 1]:
-                continue  # itself, or a pair already set the other way round
-            mine = cell_means(arm)
-            cells = sorted(set(mine) & set(base_cells), key=lambda c: (int(c[0]), int(c[1])))
-            if not cells:
-                continue
-            d = [mine[c] - base_cells[c] for c in cells]
-            out.setdefault(base, {})[arm] = {
-                "cells": [f"k={k} seed {s}" for k, s in cells],
-                "differences": d,
-                "mean": float(np.mean(d)),
-                "std": float(np.std(d)),
-                "above": sum(x > 1e-9 for x in d),
-                "below": sum(x < -1e-9 for x in d),
-                "p_sign_flip": sign_flip_p(d),
-            }
+            if arm not in PAIRED_BASELINES[: PAIRED_BASELINES.index(base) + 1]:
+                pair(arm, base)  # not itself, nor a pair already set the other way round
+    for arm, base in VARIANT_BASELINES.items():
+        if arm in success:
+            pair(arm, base)
     return out
 
 

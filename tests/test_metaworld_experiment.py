@@ -267,6 +267,22 @@ def test_paired_differences_sets_oracle_against_lapa():
     oracle = paired["lapa"]["lapa_oracle"]
     assert oracle["cells"] == ["k=5 seed 1"] and oracle["differences"] == pytest.approx([0.2])
     assert "scratch" not in paired["lapa"]  # already set the other way round
+    assert "lapa_rvq16" not in paired  # no variant of it ran
+
+
+def test_paired_differences_sets_a_variant_against_the_arm_it_varies():
+    tasks = ["a"]
+    success = {
+        "scratch": {"5": {"0": {"a": 0.5}, "1": {"a": 0.5}}},
+        "lapa_rvq16": {"5": {"0": {"a": 0.3}, "1": {"a": 0.6}}},
+        "lapa_rvq16_first4": {"5": {"0": {"a": 0.4}, "1": {"a": 0.7}, "2": {"a": 0.9}}},
+    }
+    paired = experiment_report.paired_differences(success, tasks)
+    variant = paired["lapa_rvq16"]["lapa_rvq16_first4"]
+    assert variant["cells"] == ["k=5 seed 0", "k=5 seed 1"]  # seed 2 has no lapa_rvq16 cell
+    assert variant["differences"] == pytest.approx([0.1, 0.1])
+    assert variant["above"] == 2 and variant["p_sign_flip"] == pytest.approx(0.5)
+    assert set(paired["lapa_rvq16"]) == {"lapa_rvq16_first4"}  # not scratch against it
 
 
 def test_report_counts_action_error_only_of_finished_finetunes(tmp_path):
