@@ -162,6 +162,9 @@ def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
         n.startswith(("idm", "vpt", "action_pre", "laq_g", "data_video_g")) for n in names
     )
     assert "latent_all" in names and f"ft{N}_scratch_k10_s0" in names
+    # The demo's stage 2 learns the first 4 of its quantizer's 16 stages.
+    (latent,) = [j for j in mx.Plan(cfg, str(tmp_path)).jobs if j.name == "latent_all"]
+    assert "--config.data.latent_tokens=4" in latent.argv
     cfg.arms = ["scratch", "scratch_half"]  # the halves' demonstrations, not their videos
     names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
     assert "data_demos_k10_g1" in names and f"ft{N}_scratch_half_k10_s0_g1" in names
