@@ -25,6 +25,8 @@ evaluated closed loop on every task):
 - lapa_rvq16 (opt-in): lapa with issue 8's quantizer (laq_rvq16: 16 residual stages of
   8 codes on a 128-d latent, half the decoder's x_t patches hidden, EMA codebooks)
   in place of the full run's 4 x 8 codes; everything after the quantizer as in lapa;
+- lapa_rvq16_first4 (opt-in): lapa_rvq16's quantizer and labels, latent pretraining
+  on the first 4 of the 16 stages only (data.latent_tokens), finetuning as in lapa;
 - vpt: an inverse dynamics model trained on the k demonstrations pseudo-labels the
   video set; the policy pretrains on those labels, then finetunes.
 Every arm finetunes for 2,000 steps. 500 steps (the first protocol) left every
