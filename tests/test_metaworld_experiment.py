@@ -157,13 +157,14 @@ def test_plan_wires_arms_data_and_pretraining(tmp_path):
 def test_plan_keeps_only_the_jobs_its_arms_need(tmp_path):
     cfg = metaworld_lapa.get_config("demo")
     N = cfg.finetune.overrides.train.steps
-    names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
+    jobs = mx.Plan(cfg, str(tmp_path)).jobs
+    names = [j.name for j in jobs]
     assert not any(
         n.startswith(("idm", "vpt", "action_pre", "laq_g", "data_video_g")) for n in names
     )
     assert "latent_all" in names and f"ft{N}_scratch_k10_s0" in names
     # The demo's stage 2 learns the first 4 of its quantizer's 16 stages.
-    (latent,) = [j for j in mx.Plan(cfg, str(tmp_path)).jobs if j.name == "latent_all"]
+    (latent,) = [j for j in jobs if j.name == "latent_all"]
     assert "--config.data.latent_tokens=4" in latent.argv
     cfg.arms = ["scratch", "scratch_half"]  # the halves' demonstrations, not their videos
     names = [j.name for j in mx.Plan(cfg, str(tmp_path)).jobs]
